@@ -1,0 +1,100 @@
+"""Command line: `mcp-policy-proxy serve | config check`.
+
+Exit codes: 0 ok, 2 usage or configuration error (the message names file and key), 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+from . import __version__
+from .config import Config, ConfigError, load
+
+log = logging.getLogger("mcp_policy_proxy")
+
+CONFIG_ENV = "MCP_POLICY_PROXY_CONFIG"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mcp-policy-proxy", description="Policy-enforcing reverse proxy for MCP.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", help=f"YAML config file (default: ${CONFIG_ENV})")
+    serve.add_argument("--upstream", help="upstream Streamable HTTP URL (overrides upstream.url)")
+    serve.add_argument("--upstream-sse", help="upstream legacy SSE URL (overrides upstream.sse_url)")
+    serve.add_argument("--host", help="listen address (overrides listen.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    check = cfg_sub.add_parser("check", help="validate a config file and exit")
+    check.add_argument("file")
+    return p
+
+
+def _serve_config(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {}
+    for flag, key in (("upstream", "upstream.url"), ("upstream_sse", "upstream.sse_url"),
+                      ("host", "listen.host"), ("port", "listen.port")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    return load(args.config or os.environ.get(CONFIG_ENV) or None, overrides)
+
+
+def auth_configured(config: Config) -> bool:
+    a = config.auth
+    return bool(a.url_token_key or a.api_tokens or a.jwt)
+
+
+def check_exposure(config: Config) -> str | None:
+    """Refuse to serve anonymous clients beyond loopback unless the operator said so explicitly."""
+    if auth_configured(config) or config.auth.anonymous:
+        return None
+    if config.loopback_only:
+        log.warning("no authentication configured: serving anonymous clients on loopback (%s) only",
+                    config.listen.host)
+        return None
+    return (f"{config.source}: auth: no authentication is configured and listen.host {config.listen.host!r} "
+            "is not loopback; configure auth or set auth.anonymous: true")
+
+
+def serve(config: Config, log_level: str) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    problem = check_exposure(config)
+    if problem:
+        print(f"mcp-policy-proxy: {problem}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("RUST_BACKTRACE", "0")
+    uvicorn.run(
+        create_app(config), host=config.listen.host, port=config.listen.port, log_level=log_level,
+        loop="uvloop", http="httptools", access_log=False, server_header=False, lifespan="on",
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "info").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "serve":
+            return serve(_serve_config(args), args.log_level)
+        if args.command == "config":
+            config = load(args.file)
+            names = ", ".join(s.name for s in config.servers)
+            print(f"{args.file}: ok ({len(config.servers)} server(s): {names}; upstream {config.upstream.url})")
+            return 0
+    except ConfigError as exc:
+        print(f"mcp-policy-proxy: {exc}", file=sys.stderr)
+        return 2
+    return 2

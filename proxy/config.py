@@ -1,0 +1,359 @@
+"""Typed configuration: YAML with `${ENV}` expansion and `*_file` secrets, validated strictly.
+
+Every error names the file and the key (`config.yaml: servers[1].methods: …`) so an operator can
+fix it without reading code; unknown keys are errors, because a mistyped security setting that is
+silently ignored is worse than a refusal to start.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62}[a-z0-9])?$")
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, key: str, message: str) -> None:
+        super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+        self.source, self.key = source, key
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class Upstream:
+    url: str
+    sse_url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 60.0
+    connect_timeout_s: float = 5.0
+    max_connections: int = 256
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_sse_event_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    token_hmac: str | None = None
+    methods: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    require_api_token_auth: bool = False
+    expires_at: datetime | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OpaSettings:
+    url: str = "http://127.0.0.1:8181"
+    timeout_ms: int = 250
+
+
+@dataclass(frozen=True)
+class Policy:
+    engine: str = "embedded"
+    paths: tuple[str, ...] = ("policies/",)
+    query: str = "data.mcp.authz.decision"
+    mode: str = "enforce"
+    opa: OpaSettings = OpaSettings()
+
+
+@dataclass(frozen=True)
+class Auth:
+    anonymous: bool = False
+    url_token_key: str | None = None
+    api_tokens: tuple[dict[str, Any], ...] = ()
+    jwt: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    upstream: Upstream
+    listen: Listen = Listen()
+    public_url: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    limits: Limits = Limits()
+    policy: Policy = Policy()
+    auth: Auth = Auth()
+    servers: tuple[Server, ...] = (Server(name="default"),)
+    rate_limit: dict[str, Any] = field(default_factory=dict)
+    decision_log: dict[str, Any] = field(default_factory=lambda: {"sink": "stdout"})
+    source: str = "<defaults>"
+
+    @property
+    def loopback_only(self) -> bool:
+        return is_loopback(self.listen.host)
+
+    @property
+    def default_server(self) -> Server | None:
+        """The server reached without a URL token (on /mcp and /sse), if any."""
+        return next((s for s in self.servers if s.token_hmac is None), None)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def derive_sse_url(url: str) -> str | None:
+    """The SDK convention: `/sse` beside `/mcp` on the same upstream."""
+    parts = urlsplit(url)
+    if not parts.path.endswith("/mcp"):
+        return None
+    return urlunsplit(parts._replace(path=parts.path[:-4] + "/sse", query=""))
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+def _expand(node: Any, source: str, key: str) -> Any:
+    """Expand `${ENV}` in strings and resolve `<name>_file: PATH` into `<name>: <file content>`."""
+    if isinstance(node, str):
+        def env(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1))
+            if value is None:
+                raise ConfigError(source, key, f"environment variable {m.group(1)} is not set")
+            return value
+        return _ENV_REF.sub(env, node)
+    if isinstance(node, list):
+        return [_expand(v, source, f"{key}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            sub = f"{key}.{k}" if key else str(k)
+            if not isinstance(k, str):
+                raise ConfigError(source, sub, "keys must be strings")
+            if k.endswith("_file") and isinstance(v, str):
+                target = k[: -len("_file")]
+                if target in node:
+                    raise ConfigError(source, sub, f"give either {target} or {k}, not both")
+                path = _expand(v, source, sub)
+                try:
+                    out[target] = Path(path).read_text().strip()
+                except OSError as exc:
+                    raise ConfigError(source, sub, f"cannot read secret file: {exc.strerror}") from None
+            else:
+                out[k] = _expand(v, source, sub)
+        return out
+    return node
+
+
+class _Reader:
+    """Typed access to one mapping of the config, naming keys in errors."""
+
+    def __init__(self, data: Any, source: str, key: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(source, key, "must be a mapping")
+        self.data, self.source, self.key = data, source, key
+        self.used: set[str] = set()
+
+    def sub(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def err(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.source, self.sub(name), message)
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        self.used.add(name)
+        value = self.data.get(name, default)
+        if value is None:
+            return default
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise self.err(name, f"must be {_article(names)}, got {type(value).__name__}")
+        return value
+
+    def positive(self, name: str, kind: type, default: Any) -> Any:
+        value = self.get(name, kind, default)
+        if value <= 0:
+            raise self.err(name, "must be greater than 0")
+        return value
+
+    def url(self, name: str, required: bool = False) -> str | None:
+        value = self.get(name, str)
+        if value is None:
+            if required:
+                raise self.err(name, "is required")
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.err(name, f"must be an http(s) URL, got {value!r}")
+        return value
+
+    def strings(self, name: str) -> tuple[str, ...]:
+        value = self.get(name, list, [])
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.err(f"{name}[{i}]", "must be a string")
+        return tuple(value)
+
+    def child(self, name: str) -> _Reader:
+        self.used.add(name)
+        return _Reader(self.data.get(name), self.source, self.sub(name))
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.err(unknown[0], "unknown key")
+
+
+def _article(noun: str) -> str:
+    return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+            "dict": "a mapping", "list": "a list"}.get(noun, noun)
+
+
+def _server(r: _Reader) -> Server:
+    name = r.get("name", str)
+    if name is None:
+        raise r.err("name", "is required")
+    if not _NAME.match(name):
+        raise r.err("name", "must be lowercase letters, digits, '-' or '_' (at most 64)")
+    expires = r.get("expires_at", (str, datetime))
+    if isinstance(expires, str):
+        try:
+            expires = datetime.fromisoformat(expires.replace("Z", "+00:00"))
+        except ValueError:
+            raise r.err("expires_at", f"must be an ISO 8601 timestamp, got {expires!r}") from None
+    if isinstance(expires, datetime) and expires.tzinfo is None:
+        raise r.err("expires_at", "must carry a time zone (e.g. 2026-12-31T23:59:59Z)")
+    token_hmac = r.get("token_hmac", str)
+    if token_hmac is not None and not re.fullmatch(r"[0-9a-f]{64}", token_hmac):
+        raise r.err("token_hmac", "must be 64 lowercase hex digits (HMAC-SHA256)")
+    server = Server(
+        name=name, token_hmac=token_hmac, methods=r.strings("methods"), tags=r.strings("tags"),
+        require_api_token_auth=r.get("require_api_token_auth", bool, False),
+        expires_at=expires.astimezone(UTC) if expires else None, params=r.get("params", dict, {}),
+    )
+    r.done()
+    return server
+
+
+def parse(data: Any, source: str) -> Config:
+    root = _Reader(_expand(data, source, ""), source, "")
+
+    up = root.child("upstream")
+    url = up.url("url", required=True)
+    assert url is not None
+    headers = up.get("headers", dict, {})
+    for k, v in headers.items():
+        if not isinstance(v, str):
+            raise up.err(f"headers.{k}", "must be a string")
+    upstream = Upstream(
+        url=url, sse_url=up.url("sse_url") or derive_sse_url(url),
+        headers={k.lower(): v for k, v in headers.items()},
+        timeout_s=up.positive("timeout_s", float, 60.0),
+        connect_timeout_s=up.positive("connect_timeout_s", float, 5.0),
+        max_connections=up.positive("max_connections", int, 256),
+    )
+    up.done()
+
+    ls = root.child("listen")
+    port = ls.get("port", int, 8080)
+    if not 0 <= port <= 65535:
+        raise ls.err("port", "must be between 0 and 65535")
+    listen = Listen(host=ls.get("host", str, "127.0.0.1"), port=port)
+    ls.done()
+
+    lim = root.child("limits")
+    limits = Limits(max_body_bytes=lim.positive("max_body_bytes", int, Limits.max_body_bytes),
+                    max_sse_event_bytes=lim.positive("max_sse_event_bytes", int, Limits.max_sse_event_bytes))
+    lim.done()
+
+    pol = root.child("policy")
+    engine = pol.get("engine", str, "embedded")
+    if engine not in ("embedded", "opa"):
+        raise pol.err("engine", f"must be embedded or opa, got {engine!r}")
+    mode = pol.get("mode", str, "enforce")
+    if mode not in ("enforce", "dry_run"):
+        raise pol.err("mode", f"must be enforce or dry_run, got {mode!r}")
+    opa = pol.child("opa")
+    opa_settings = OpaSettings(url=opa.url("url") or OpaSettings.url,
+                               timeout_ms=opa.positive("timeout_ms", int, OpaSettings.timeout_ms))
+    opa.done()
+    policy = Policy(engine=engine, paths=pol.strings("paths") or Policy.paths,
+                    query=pol.get("query", str, Policy.query), mode=mode, opa=opa_settings)
+    pol.done()
+
+    au = root.child("auth")
+    api_tokens = au.get("api_tokens", list, [])
+    for i, tok in enumerate(api_tokens):
+        if not isinstance(tok, dict):
+            raise au.err(f"api_tokens[{i}]", "must be a mapping with name and sha256")
+    auth = Auth(anonymous=au.get("anonymous", bool, False), url_token_key=au.get("url_token_key", str),
+                api_tokens=tuple(api_tokens), jwt=au.get("jwt", dict))
+    au.done()
+
+    raw_servers = root.get("servers", list, None)
+    if raw_servers is None:
+        servers: tuple[Server, ...] = (Server(name="default"),)
+    else:
+        if not raw_servers:
+            raise root.err("servers", "must name at least one server")
+        servers = tuple(_server(_Reader(s, source, f"servers[{i}]")) for i, s in enumerate(raw_servers))
+        names = [s.name for s in servers]
+        for i, s in enumerate(servers):
+            if names.index(s.name) != i:
+                raise ConfigError(source, f"servers[{i}].name", f"duplicate server name {s.name!r}")
+        if sum(s.token_hmac is None for s in servers) > 1:
+            raise root.err("servers", "at most one server may lack token_hmac (it is served at /mcp and /sse)")
+
+    config = Config(
+        upstream=upstream, listen=listen, public_url=root.url("public_url"),
+        allowed_origins=root.strings("allowed_origins"), limits=limits, policy=policy, auth=auth,
+        servers=servers, rate_limit=root.get("rate_limit", dict, {}),
+        decision_log=root.get("decision_log", dict, {"sink": "stdout"}), source=source,
+    )
+    root.done()
+    return config
+
+
+def load(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a config file (or the defaults when `path` is None) and apply CLI overrides.
+
+    `overrides` maps dotted keys (`upstream.url`, `listen.port`) to values from the command line.
+    """
+    source = str(path) if path else "<command line>"
+    data: Any = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(source, "", f"cannot read: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(source, "", f"invalid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(source, "", "the top level must be a mapping")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(source, p, "must be a mapping")
+        node[last] = value
+    return parse(data, source)

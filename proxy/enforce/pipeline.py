@@ -1,0 +1,63 @@
+"""The one enforcement point every transport calls, once per message, in both directions.
+
+Transports know how to read messages from their client channel and write messages back; what
+happens to a message is decided here. This issue ships the hook with an allow-all decision; the
+policy engine plugs in behind the same two calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..config import Server
+from ..protocol.jsonrpc import Message
+
+
+@dataclass(slots=True)
+class Channel:
+    """Who is talking, through what: the context every decision on a channel shares.
+
+    A Streamable HTTP POST or GET is a channel of its own; a legacy SSE session is one channel for
+    its whole life, so requests posted to it and responses arriving on its stream correlate here.
+    """
+
+    transport: str  # "streamable_http" | "legacy_sse"
+    server: Server
+    http_method: str = "POST"
+    protocol_version: str | None = None
+    origin: str | None = None
+    # JSON-RPC ids of requests whose responses the pipeline wants to see, with their method.
+    watched: dict[Any, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allow: bool
+    # What the client gets instead of an upstream answer when the message is not forwarded.
+    reply: dict[str, Any] | None = None
+    # Whether the upstream's response to this request must pass through `server_message`.
+    watch_response: bool = False
+
+
+ALLOW = Verdict(allow=True)
+
+
+class Pipeline(Protocol):
+    async def client_message(self, channel: Channel, msg: Message) -> Verdict:
+        """Decide a client→server message before anything of it reaches the upstream."""
+        ...
+
+    async def server_message(self, channel: Channel, msg: Message) -> Message | None:
+        """A server→client message on its way out: a replacement, or None to relay it untouched."""
+        ...
+
+
+class AllowAll:
+    """The pass-through pipeline of the transparent proxy."""
+
+    async def client_message(self, channel: Channel, msg: Message) -> Verdict:
+        return ALLOW
+
+    async def server_message(self, channel: Channel, msg: Message) -> Message | None:
+        return None

@@ -1,0 +1,117 @@
+"""MCP HTTP headers: which ones cross the proxy, and whether they agree with the body."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable
+
+from .jsonrpc import HEADER_MISMATCH, Kind, Message, ProtocolError
+
+PROTOCOL_VERSION = "mcp-protocol-version"
+SESSION_ID = "mcp-session-id"
+METHOD = "mcp-method"
+NAME = "mcp-name"
+LAST_EVENT_ID = "last-event-id"
+
+META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
+
+# Methods whose target is mirrored in `Mcp-Name` (revision 2026-07-28), and the param holding it.
+NAME_PARAMS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+# RFC 9110 §7.6.1 hop-by-hop fields, plus what the proxy sets itself or must never pass on.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+})
+# Request headers never forwarded upstream: the client's credentials (the proxy uses its own),
+# framing and routing the proxy owns (Host, length, encoding), and the browser Origin the proxy
+# itself validates (the upstream would see a foreign Origin for every browser client).
+_NOT_FORWARDED_REQUEST = HOP_BY_HOP | {
+    "host", "content-length", "authorization", "proxy-authorization", "cookie", "accept-encoding", "origin",
+    "expect",
+}
+_NOT_RELAYED_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding", "server", "date", "set-cookie"}
+
+
+def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name == "connection":
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def upstream_request_headers(client: Iterable[tuple[str, str]], extra: dict[str, str]) -> dict[str, str]:
+    """Client request headers (lowercase names) fit to send upstream, plus the proxy's own."""
+    items = list(client)
+    drop = _NOT_FORWARDED_REQUEST | _connection_tokens(items) if any(n == "connection" for n, _ in items) \
+        else _NOT_FORWARDED_REQUEST
+    out = {name: value for name, value in items if name not in drop}
+    out["accept-encoding"] = "identity"  # the proxy parses SSE; it must see plain bytes
+    out.update(extra)
+    return out
+
+
+def client_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Upstream response headers fit to relay to the client, as ASGI raw pairs."""
+    items = [(n.lower(), v) for n, v in upstream]
+    drop = _NOT_RELAYED_RESPONSE | _connection_tokens(items)
+    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in items if n not in drop]
+
+
+def decode_header_value(value: str) -> str:
+    """Decode the `=?base64?…?=` form MCP uses for non-ASCII header values."""
+    if value.startswith("=?base64?") and value.endswith("?="):
+        try:
+            return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return value
+    return value
+
+
+def _mismatch(message: str, msg: Message) -> ProtocolError:
+    return ProtocolError(HEADER_MISMATCH, f"Header mismatch: {message}", id=msg.id)
+
+
+def check_routing_headers(headers: Iterable[tuple[str, str]], msg: Message) -> None:
+    """Refuse a message whose MCP routing headers disagree with its body.
+
+    An upstream that routes on headers must never run something other than what the policy decided
+    on. Revision 2026-07-28 requests (protocol version in `params._meta`) must carry `Mcp-Method`
+    (and `Mcp-Name` for the name-bearing methods); in every revision, headers that are present must
+    agree with the body and must not be repeated.
+    """
+    seen: dict[str, str] = {}
+    for name, value in headers:
+        if name in (METHOD, NAME, PROTOCOL_VERSION):
+            if name in seen:
+                raise _mismatch(f"{name} given more than once", msg)
+            seen[name] = value
+    if msg.kind is Kind.RESPONSE:
+        if METHOD in seen or NAME in seen:
+            raise _mismatch("a response carries no Mcp-Method or Mcp-Name", msg)
+        return
+    params = msg.params
+    meta = params.get("_meta")
+    body_version = meta.get(META_PROTOCOL_VERSION) if isinstance(meta, dict) else None
+    modern = body_version is not None
+    if modern and seen.get(PROTOCOL_VERSION) != body_version:
+        raise _mismatch("MCP-Protocol-Version does not match params._meta", msg)
+    method_header = seen.get(METHOD)
+    if method_header is None:
+        if modern:
+            raise _mismatch("Mcp-Method is required", msg)
+    elif method_header != msg.method:
+        raise _mismatch("Mcp-Method does not match the body's method", msg)
+    name_key = NAME_PARAMS.get(msg.method or "")
+    name_header = seen.get(NAME)
+    if name_key is None:
+        if name_header is not None:
+            raise _mismatch(f"Mcp-Name is not used with {msg.method}", msg)
+        return
+    body_name = params.get(name_key)
+    if name_header is None:
+        if modern:
+            raise _mismatch("Mcp-Name is required", msg)
+    elif decode_header_value(name_header) != body_name:
+        raise _mismatch(f"Mcp-Name does not match params.{name_key}", msg)

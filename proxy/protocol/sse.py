@@ -1,0 +1,125 @@
+"""Incremental Server-Sent Events codec.
+
+Each event keeps the exact bytes it arrived as, so an event the proxy does not rewrite is relayed
+byte for byte (line endings, comments, `id:` and `retry:` included) and only rewritten events are
+re-encoded, in the line-ending style of their stream.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class SSEError(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class Event:
+    raw: bytes
+    event: str | None = None
+    data_lines: list[str] = field(default_factory=list)
+    id: str | None = None
+    retry: str | None = None
+    newline: bytes = b"\n"
+
+    @property
+    def data(self) -> str:
+        return "\n".join(self.data_lines)
+
+    @property
+    def has_data(self) -> bool:
+        return bool(self.data_lines)
+
+    def with_data(self, data: str) -> Event:
+        """The same event (type, id, retry) carrying other data, encoded in the stream's style."""
+        return encode_event(data, event=self.event, id=self.id, retry=self.retry, newline=self.newline)
+
+
+def encode_event(data: str, *, event: str | None = None, id: str | None = None, retry: str | None = None,
+                 newline: bytes = b"\n") -> Event:
+    nl = newline.decode()
+    lines = []
+    if event is not None:
+        lines.append(f"event: {event}")
+    if id is not None:
+        lines.append(f"id: {id}")
+    if retry is not None:
+        lines.append(f"retry: {retry}")
+    data_lines = data.split("\n")
+    lines.extend(f"data: {line}" for line in data_lines)
+    raw = (nl.join(lines) + nl + nl).encode()
+    return Event(raw, event, data_lines, id, retry, newline)
+
+
+class SSEDecoder:
+    """Feed bytes as they arrive; get back every event completed so far."""
+
+    def __init__(self, max_event_bytes: int = 16 * 1024 * 1024) -> None:
+        self._buf = bytearray()
+        self._scan = 0  # where the next unread line starts
+        self._lines: list[bytes] = []
+        self._newline = b"\n"
+        self._max = max_event_bytes
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        buf = self._buf
+        buf += chunk
+        events: list[Event] = []
+        start = 0  # start of the event being collected, in buf
+        pos = self._scan
+        while True:
+            m = _LINE_END.search(buf, pos)
+            if m is None:
+                break
+            if m.group() == b"\r" and m.end() == len(buf):
+                break  # may be the first half of CRLF: wait for the next byte
+            line = bytes(buf[pos:m.start()])
+            pos = m.end()
+            if line:
+                self._lines.append(line)
+                self._newline = m.group()
+                continue
+            if self._lines:
+                events.append(self._build(bytes(buf[start:pos])))
+            else:  # a blank line with nothing before it: keep it with the next event
+                continue
+            start = pos
+        if start:
+            del buf[:start]
+            pos -= start
+        self._scan = pos
+        if len(buf) > self._max:
+            raise SSEError(f"SSE event larger than {self._max} bytes")
+        return events
+
+    def flush(self) -> bytes:
+        """Bytes of an unterminated trailing event (the stream ended mid-event)."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        self._lines.clear()
+        self._scan = 0
+        return rest
+
+    def _build(self, raw: bytes) -> Event:
+        ev = Event(raw, newline=self._newline)
+        for line in self._lines:
+            if line[:1] == b":":
+                continue
+            name, sep, value = line.partition(b":")
+            if sep and value[:1] == b" ":
+                value = value[1:]
+            text = value.decode("utf-8", "replace")
+            if name == b"data":
+                ev.data_lines.append(text)
+            elif name == b"event":
+                ev.event = text
+            elif name == b"id":
+                ev.id = text
+            elif name == b"retry":
+                ev.retry = text
+        self._lines.clear()
+        return ev

@@ -1,0 +1,130 @@
+"""Legacy HTTP+SSE (2024-11-05): `GET /sse` plus the messages POST endpoint it announces.
+
+The upstream's `endpoint` event is rewritten so the client posts back through the proxy, under a
+session id of the proxy's own. Each session keeps an outgoing queue merging the upstream's events
+with messages the proxy writes itself (denials, errors), because on this transport every answer
+travels on the GET stream, correlated by JSON-RPC id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from starlette.requests import Request
+
+from ..enforce.pipeline import Channel
+from ..protocol import jsonrpc
+from ..protocol.headers import client_response_headers, upstream_request_headers
+from ..protocol.jsonrpc import INVALID_REQUEST, ProtocolError
+from ..protocol.sse import Event, encode_event
+from .context import ProxyContext
+from .intake import admit, error_response, protocol_error_response
+from .relay import BodyResponse, StreamResponse, relay, relay_sse
+from .upstream import UpstreamError
+
+log = logging.getLogger("mcp_policy_proxy.legacy_sse")
+
+_END = b""
+
+
+@dataclass(slots=True)
+class LegacySession:
+    id: str
+    channel: Channel
+    upstream_url: str | None = None
+    outgoing: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+    newline: bytes = b"\n"
+
+    def inject(self, message: dict[str, Any]) -> None:
+        """Put a message of the proxy's own into the client's stream."""
+        data = jsonrpc.encode(message).decode()
+        self.outgoing.put_nowait(encode_event(data, event="message", newline=self.newline).raw)
+
+
+def _same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+
+
+async def open_stream(request: Request) -> Any:
+    ctx: ProxyContext = request.app.state.proxy
+    sse_url = ctx.config.upstream.sse_url
+    if sse_url is None:
+        return BodyResponse(404, [], b"Legacy SSE is not configured (upstream.sse_url)")
+    channel = Channel("legacy_sse", ctx.server_for(request), "GET", None, request.headers.get("origin"))
+    headers = upstream_request_headers(request.headers.items(), ctx.upstream.headers)
+    try:
+        resp = await ctx.upstream.send("GET", sse_url, headers)
+    except UpstreamError as exc:
+        return ctx.upstream_error(exc)
+    limits = ctx.config.limits
+    if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
+        return await relay(channel, ctx.pipeline, resp, max_event_bytes=limits.max_sse_event_bytes,
+                           timeout_s=ctx.config.upstream.timeout_s)
+
+    session = LegacySession(secrets.token_hex(16), channel)
+    messages_path = request.url.path.removesuffix("sse") + "messages/"
+
+    async def on_event(ev: Event) -> bytes | None:
+        if ev.event != "endpoint":
+            return None
+        target = urljoin(sse_url, ev.data.strip())
+        if not _same_origin(target, sse_url):
+            log.warning("dropped an upstream endpoint event pointing to another origin")
+            return b""
+        session.upstream_url, session.newline = target, ev.newline
+        return encode_event(f"{messages_path}?session_id={session.id}", event="endpoint", newline=ev.newline).raw
+
+    async def pump() -> None:
+        try:
+            async for chunk in relay_sse(channel, ctx.pipeline, resp.chunks(), limits.max_sse_event_bytes, on_event):
+                session.outgoing.put_nowait(chunk)
+        finally:
+            session.outgoing.put_nowait(_END)
+
+    async def stream() -> AsyncIterator[bytes]:
+        ctx.legacy_sessions[session.id] = session
+        task = asyncio.ensure_future(pump())
+        try:
+            while (chunk := await session.outgoing.get()) is not _END:
+                yield chunk
+        finally:
+            ctx.legacy_sessions.pop(session.id, None)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    return StreamResponse(200, client_response_headers(resp.headers), stream())
+
+
+async def post_message(request: Request) -> Any:
+    ctx: ProxyContext = request.app.state.proxy
+    session_id = request.query_params.get("session_id")
+    if not session_id:
+        return protocol_error_response(ProtocolError(INVALID_REQUEST, "session_id is required"))
+    session = ctx.legacy_sessions.get(session_id)
+    if session is None or session.upstream_url is None:
+        return BodyResponse(404, [(b"content-type", b"text/plain")], b"Could not find session")
+    try:
+        msg, verdict = await admit(request, session.channel, ctx.pipeline, ctx.config.limits.max_body_bytes)
+    except ProtocolError as exc:
+        return protocol_error_response(exc)
+    if not verdict.allow:
+        if verdict.reply is not None:
+            session.inject(verdict.reply)
+        return BodyResponse(202, [(b"content-type", b"text/plain")], b"Accepted")
+    headers = upstream_request_headers(request.headers.items(), ctx.upstream.headers)
+    try:
+        resp = await ctx.upstream.send("POST", session.upstream_url, headers, msg.encode())
+        return await relay(session.channel, ctx.pipeline, resp,
+                           max_event_bytes=ctx.config.limits.max_sse_event_bytes,
+                           timeout_s=ctx.config.upstream.timeout_s)
+    except UpstreamError as exc:
+        if msg.id is not None:  # the client waits for its answer on the stream
+            session.inject(jsonrpc.error_response(msg.id, jsonrpc.INTERNAL_ERROR, exc.message))
+        return error_response(exc.status, jsonrpc.error_response(msg.id, jsonrpc.INTERNAL_ERROR, exc.message))

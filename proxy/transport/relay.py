@@ -1,0 +1,138 @@
+"""Upstream → client: relay an upstream answer, streaming, through the pipeline's response hook.
+
+SSE streams are decoded event by event and each event is written as soon as it is complete:
+untouched events go out byte for byte, only a message the pipeline replaces is re-encoded. A
+JSON answer is parsed only when the pipeline asked to see the response to that request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+
+from ..enforce.pipeline import Channel, Pipeline
+from ..protocol import jsonrpc
+from ..protocol.headers import client_response_headers
+from ..protocol.jsonrpc import Kind
+from ..protocol.sse import Event, SSEDecoder, SSEError
+from .upstream import UpstreamResponse
+
+log = logging.getLogger("mcp_policy_proxy.relay")
+
+RawHeaders = list[tuple[bytes, bytes]]
+# A transport's own handling of one event (legacy SSE rewrites `endpoint`); None = not handled.
+EventHook = Callable[[Event], Awaitable[bytes | None]]
+
+_SMALL_BODY = 1024 * 1024
+
+
+class BodyResponse:
+    """A complete body with the relayed headers (kept as raw pairs: repeated fields survive)."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: RawHeaders, body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        headers = [*self.headers, (b"content-length", str(len(self.body)).encode())]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+class StreamResponse:
+    """Streams chunks as they come; a client disconnect cancels the source (closing the upstream)."""
+
+    __slots__ = ("chunks", "headers", "status")
+
+    def __init__(self, status: int, headers: RawHeaders, chunks: AsyncIterator[bytes]) -> None:
+        self.status, self.headers, self.chunks = status, headers, chunks
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+
+        async def pump() -> None:
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(disconnected())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            aclose = getattr(self.chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if tasks[0].done() and not tasks[0].cancelled() and (exc := tasks[0].exception()) is not None:
+            raise exc
+
+
+async def relay(channel: Channel, pipeline: Pipeline, resp: UpstreamResponse, *, max_event_bytes: int,
+                timeout_s: float, on_event: EventHook | None = None) -> BodyResponse | StreamResponse:
+    headers = client_response_headers(resp.headers)
+    if resp.content_type.startswith("text/event-stream"):
+        events = relay_sse(channel, pipeline, resp.chunks(), max_event_bytes, on_event)
+        return StreamResponse(resp.status, headers, events)
+    if channel.watched and resp.content_type.startswith("application/json"):
+        body = await resp.read(max_event_bytes, timeout_s)
+        msg = jsonrpc.parse_server_data(body)
+        if msg is not None:
+            replacement = await server_message(channel, pipeline, msg)
+            if replacement is not None:
+                body = jsonrpc.encode(replacement.data)
+        return BodyResponse(resp.status, headers, body)
+    length = next((v for n, v in resp.headers if n.lower() == "content-length"), None)
+    if length is not None and length.isdigit() and int(length) <= _SMALL_BODY:
+        return BodyResponse(resp.status, headers, await resp.read(_SMALL_BODY, timeout_s))
+    return StreamResponse(resp.status, headers, resp.chunks())
+
+
+async def server_message(channel: Channel, pipeline: Pipeline, msg: jsonrpc.Message) -> jsonrpc.Message | None:
+    replacement = await pipeline.server_message(channel, msg)
+    if msg.kind is Kind.RESPONSE and channel.watched:
+        channel.watched.pop(msg.id, None)
+    return replacement
+
+
+async def relay_sse(channel: Channel, pipeline: Pipeline, chunks: AsyncIterator[bytes], max_event_bytes: int,
+                    on_event: EventHook | None = None) -> AsyncIterator[bytes]:
+    """Upstream SSE bytes → client SSE bytes, one pipeline call per message event."""
+    decoder = SSEDecoder(max_event_bytes)
+    try:
+        async for chunk in chunks:
+            events = decoder.feed(chunk)
+            if not events:
+                continue
+            out = [await relay_event(channel, pipeline, ev, on_event) for ev in events]
+            yield b"".join(out)
+    except SSEError as exc:
+        log.warning("closing upstream SSE stream: %s", exc)
+    except aiohttp.ClientError as exc:
+        log.info("upstream SSE stream ended: %s", type(exc).__name__)
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def relay_event(channel: Channel, pipeline: Pipeline, ev: Event, on_event: EventHook | None) -> bytes:
+    if on_event is not None and (handled := await on_event(ev)) is not None:
+        return handled
+    if not ev.has_data or ev.event not in (None, "message") or not ev.data:
+        return ev.raw  # priming events, pings, comments, other event types
+    msg = jsonrpc.parse_server_data(ev.data)
+    if msg is None:
+        log.warning("dropped an upstream SSE event that is not a JSON-RPC message")
+        return b""
+    replacement = await server_message(channel, pipeline, msg)
+    return ev.raw if replacement is None else ev.with_data(jsonrpc.encode(replacement.data).decode()).raw

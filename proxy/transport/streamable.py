@@ -1,0 +1,52 @@
+"""Streamable HTTP (every revision, 2025-03-26 … 2026-07-28) between the client and the upstream.
+
+POST carries one client message: admitted through the pipeline, then its re-serialization is sent
+upstream and the answer (202, JSON or SSE) relayed as it arrives. GET (server→client stream) and
+DELETE (end of session) carry no client message and are relayed, their streams still passing
+through the pipeline's response hook.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+
+from ..enforce.pipeline import Channel
+from ..protocol.headers import PROTOCOL_VERSION, upstream_request_headers
+from ..protocol.jsonrpc import ProtocolError
+from .context import ProxyContext
+from .intake import admit, error_response, protocol_error_response
+from .relay import BodyResponse, relay
+from .upstream import UpstreamError
+
+_ALLOWED = "GET, POST, DELETE"
+
+
+async def handle(request: Request) -> Any:
+    ctx: ProxyContext = request.app.state.proxy
+    server = ctx.server_for(request)
+    channel = Channel("streamable_http", server, request.method, request.headers.get(PROTOCOL_VERSION),
+                      request.headers.get("origin"))
+    body: bytes | None = None
+    request_id = None
+    if request.method == "POST":
+        try:
+            msg, verdict = await admit(request, channel, ctx.pipeline, ctx.config.limits.max_body_bytes)
+        except ProtocolError as exc:
+            return protocol_error_response(exc)
+        if not verdict.allow:
+            if verdict.reply is None:
+                return BodyResponse(202, [], b"")
+            return error_response(200, verdict.reply)
+        body, request_id = msg.encode(), msg.id
+    elif request.method not in ("GET", "DELETE"):
+        return BodyResponse(405, [(b"allow", _ALLOWED.encode())], b"")
+
+    headers = upstream_request_headers(request.headers.items(), ctx.upstream.headers)
+    try:
+        resp = await ctx.upstream.send(request.method, ctx.config.upstream.url, headers, body)
+        return await relay(channel, ctx.pipeline, resp, max_event_bytes=ctx.config.limits.max_sse_event_bytes,
+                           timeout_s=ctx.config.upstream.timeout_s)
+    except UpstreamError as exc:
+        return ctx.upstream_error(exc, request_id=request_id)
