@@ -65,7 +65,7 @@ class SSEDecoder:
         self._newline = b"\n"
         self._max = max_event_bytes
 
-    def feed(self, chunk: bytes) -> list[Event]:
+    def feed(self, chunk: bytes, final: bool = False) -> list[Event]:
         buf = self._buf
         buf += chunk
         events: list[Event] = []
@@ -75,7 +75,7 @@ class SSEDecoder:
             m = _LINE_END.search(buf, pos)
             if m is None:
                 break
-            if m.group() == b"\r" and m.end() == len(buf):
+            if m.group() == b"\r" and m.end() == len(buf) and not final:
                 break  # may be the first half of CRLF: wait for the next byte
             line = bytes(buf[pos:m.start()])
             pos = m.end()
@@ -96,13 +96,17 @@ class SSEDecoder:
             raise SSEError(f"SSE event larger than {self._max} bytes")
         return events
 
-    def flush(self) -> bytes:
-        """Bytes of an unterminated trailing event (the stream ended mid-event)."""
-        rest = bytes(self._buf)
+    def close(self) -> list[Event]:
+        """At the end of the stream: the events a final CR completes.
+
+        An unterminated trailing event is discarded, as SSE clients discard it: relaying it would
+        pass on bytes no hook has seen.
+        """
+        events = self.feed(b"", final=True)
         self._buf.clear()
         self._lines.clear()
         self._scan = 0
-        return rest
+        return events
 
     def _build(self, raw: bytes) -> Event:
         ev = Event(raw, newline=self._newline)

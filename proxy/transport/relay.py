@@ -113,8 +113,9 @@ async def relay_sse(channel: Channel, pipeline: Pipeline, chunks: AsyncIterator[
             events = decoder.feed(chunk)
             if not events:
                 continue
-            out = [await relay_event(channel, pipeline, ev, on_event) for ev in events]
-            yield b"".join(out)
+            yield b"".join([await relay_event(channel, pipeline, ev, on_event) for ev in events])
+        if tail := b"".join([await relay_event(channel, pipeline, ev, on_event) for ev in decoder.close()]):
+            yield tail
     except SSEError as exc:
         log.warning("closing upstream SSE stream: %s", exc)
     except aiohttp.ClientError as exc:

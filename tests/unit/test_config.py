@@ -1,0 +1,63 @@
+import pytest
+
+from proxy.config import ConfigError, load
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file_give_one_default_server(tmp_path):
+    config = load(None, {"upstream.url": "http://127.0.0.1:3000/mcp"})
+    assert [s.name for s in config.servers] == ["default"]
+    assert config.upstream.sse_url == "http://127.0.0.1:3000/sse"
+    assert config.loopback_only and config.limits.max_body_bytes == 4 * 1024 * 1024
+
+
+def test_env_expansion_and_secret_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("UP_TOKEN", "t0k")
+    secret = tmp_path / "key"
+    secret.write_text("hmac-key\n")
+    path = write(tmp_path, f"""
+upstream:
+  url: http://127.0.0.1:3000/mcp
+  headers: {{Authorization: "Bearer ${{UP_TOKEN}}"}}
+auth:
+  url_token_key_file: {secret}
+""")
+    config = load(path)
+    assert config.upstream.headers == {"authorization": "Bearer t0k"}
+    assert config.auth.url_token_key == "hmac-key"
+
+
+@pytest.mark.parametrize(("text", "key", "fragment"), [
+    ("upstream: {url: ftp://x}", "upstream.url", "http(s) URL"),
+    ("listen: {port: 1}", "upstream.url", "is required"),
+    ("upstream: {url: 'http://h/mcp', timeout_s: fast}", "upstream.timeout_s", "must be a number"),
+    ("upstream: {url: 'http://h/mcp', timeout_s: -1}", "upstream.timeout_s", "greater than 0"),
+    ("upstream: {url: 'http://h/mcp', headers: {Authorization: '${NOPE_UNSET}'}}", "upstream.headers.Authorization",
+     "NOPE_UNSET is not set"),
+    ("upstream: {url: 'http://h/mcp'}\nlisten: {hots: x}", "listen.hots", "unknown key"),
+    ("upstream: {url: 'http://h/mcp'}\nservers: [{name: a}, {name: a, token_hmac: '" + "0" * 64 + "'}]",
+     "servers[1].name", "duplicate"),
+    ("upstream: {url: 'http://h/mcp'}\nservers: [{name: a, expires_at: soon}]", "servers[0].expires_at", "ISO 8601"),
+    ("upstream: {url: 'http://h/mcp'}\nservers: [{name: a, methods: read}]", "servers[0].methods", "must be a list"),
+    ("upstream: {url: 'http://h/mcp'}\npolicy: {engine: magic}", "policy.engine", "embedded or opa"),
+    ("upstream: {url: 'http://h/mcp'}\nauth: {url_token_key_file: /nonexistent/k}", "auth.url_token_key_file",
+     "cannot read"),
+])
+def test_invalid_config_names_file_and_key(tmp_path, text, key, fragment):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert str(err.value).startswith(f"{path}: {key}: ")
+    assert fragment in str(err.value)
+
+
+def test_unreadable_and_non_mapping_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load(write(tmp_path, "a: [1"))

@@ -1,0 +1,69 @@
+import base64
+
+import pytest
+
+from proxy.protocol.headers import (
+    check_routing_headers,
+    client_response_headers,
+    decode_header_value,
+    upstream_request_headers,
+)
+from proxy.protocol.jsonrpc import HEADER_MISMATCH, ProtocolError, parse_client_body
+
+META = '"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}'
+MODERN_CALL = parse_client_body(
+    ('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{},' + META + "}}").encode())
+OLD_CALL = parse_client_body(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}')
+MODERN = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "echo")]
+
+
+def test_modern_request_with_agreeing_headers_passes():
+    check_routing_headers(MODERN, MODERN_CALL)
+
+
+@pytest.mark.parametrize("headers", [
+    [h for h in MODERN if h[0] != "mcp-method"],
+    [h for h in MODERN if h[0] != "mcp-name"],
+    [h for h in MODERN if h[0] != "mcp-protocol-version"],
+    [*MODERN[:2], ("mcp-name", "delete_everything")],
+    [MODERN[0], ("mcp-method", "tools/list"), MODERN[2]],
+    [*MODERN, ("mcp-name", "echo")],
+    [("mcp-protocol-version", "2025-11-25"), *MODERN[1:]],
+])
+def test_modern_request_with_missing_or_disagreeing_headers_is_refused(headers):
+    with pytest.raises(ProtocolError) as err:
+        check_routing_headers(headers, MODERN_CALL)
+    assert err.value.code == HEADER_MISMATCH and err.value.status == 400 and err.value.id == 1
+
+
+def test_older_revisions_may_omit_headers_but_present_ones_must_agree():
+    check_routing_headers([("mcp-protocol-version", "2025-06-18")], OLD_CALL)
+    with pytest.raises(ProtocolError):
+        check_routing_headers([("mcp-name", "other")], OLD_CALL)
+    ping = parse_client_body(b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
+    with pytest.raises(ProtocolError):
+        check_routing_headers([("mcp-name", "echo")], ping)
+
+
+def test_base64_header_values_are_decoded():
+    encoded = "=?base64?" + base64.b64encode("café".encode()).decode() + "?="
+    assert decode_header_value(encoded) == "café"
+    assert decode_header_value("plain") == "plain"
+
+
+def test_client_credentials_and_hop_by_hop_headers_are_not_forwarded():
+    out = upstream_request_headers(
+        [("host", "proxy:8080"), ("authorization", "Bearer secret"), ("cookie", "s=1"), ("connection", "x-foo"),
+         ("x-foo", "1"), ("mcp-session-id", "abc"), ("mcp-param-region", "eu"), ("content-length", "3"),
+         ("accept", "application/json, text/event-stream"), ("origin", "http://localhost")],
+        {"authorization": "Bearer proxy-own"})
+    assert out == {"mcp-session-id": "abc", "mcp-param-region": "eu",
+                   "accept": "application/json, text/event-stream", "accept-encoding": "identity",
+                   "authorization": "Bearer proxy-own"}
+
+
+def test_response_headers_drop_hop_by_hop_and_keep_repeats():
+    out = client_response_headers([("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked"),
+                                   ("Mcp-Session-Id", "s1"), ("Link", "a"), ("Link", "b"), ("Content-Length", "9")])
+    assert out == [(b"content-type", b"text/event-stream"), (b"mcp-session-id", b"s1"), (b"link", b"a"),
+                   (b"link", b"b")]
