@@ -73,13 +73,13 @@ def _mismatch(message: str, msg: Message) -> ProtocolError:
     return ProtocolError(HEADER_MISMATCH, f"Header mismatch: {message}", id=msg.id)
 
 
-def check_routing_headers(headers: Iterable[tuple[str, str]], msg: Message) -> None:
+def check_routing_headers(headers: Iterable[tuple[str, str]], msg: Message, *, streamable: bool = True) -> None:
     """Refuse a message whose MCP routing headers disagree with its body.
 
     An upstream that routes on headers must never run something other than what the policy decided
-    on. Revision 2026-07-28 requests (protocol version in `params._meta`) must carry `Mcp-Method`
-    (and `Mcp-Name` for the name-bearing methods); in every revision, headers that are present must
-    agree with the body and must not be repeated.
+    on. Revision 2026-07-28 requests (protocol version in `params._meta`) over Streamable HTTP must
+    carry `Mcp-Method` (and `Mcp-Name` for the name-bearing methods); in every revision and on
+    every transport, headers that are present must agree with the body and must not be repeated.
     """
     seen: dict[str, str] = {}
     for name, value in headers:
@@ -94,7 +94,7 @@ def check_routing_headers(headers: Iterable[tuple[str, str]], msg: Message) -> N
     params = msg.params
     meta = params.get("_meta")
     body_version = meta.get(META_PROTOCOL_VERSION) if isinstance(meta, dict) else None
-    modern = body_version is not None
+    modern = streamable and body_version is not None
     if modern and seen.get(PROTOCOL_VERSION) != body_version:
         raise _mismatch("MCP-Protocol-Version does not match params._meta", msg)
     method_header = seen.get(METHOD)

@@ -37,7 +37,7 @@ async def admit(request: Request, channel: Channel, pipeline: Pipeline, limit: i
     """Parse the one message in the request and decide it; ProtocolError for anything malformed."""
     body = await read_body(request, limit)
     msg = jsonrpc.parse_client_body(body)
-    check_routing_headers(request.headers.items(), msg)
+    check_routing_headers(request.headers.items(), msg, streamable=channel.transport == "streamable_http")
     verdict = await pipeline.client_message(channel, msg)
     if verdict.allow and verdict.watch_response and msg.id is not None:
         channel.watched[msg.id] = msg.method or ""

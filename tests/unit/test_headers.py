@@ -67,3 +67,9 @@ def test_response_headers_drop_hop_by_hop_and_keep_repeats():
                                    ("Mcp-Session-Id", "s1"), ("Link", "a"), ("Link", "b"), ("Content-Length", "9")])
     assert out == [(b"content-type", b"text/event-stream"), (b"mcp-session-id", b"s1"), (b"link", b"a"),
                    (b"link", b"b")]
+
+
+def test_legacy_sse_does_not_require_modern_headers_but_checks_present_ones():
+    check_routing_headers([], MODERN_CALL, streamable=False)
+    with pytest.raises(ProtocolError):
+        check_routing_headers([("mcp-name", "other")], MODERN_CALL, streamable=False)

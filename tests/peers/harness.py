@@ -1,0 +1,143 @@
+"""Process helpers for integration tests: free ports, subprocess servers, SDK upstreams."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+STREAMABLE_MODES = ("stateful-sse", "stateful-json", "stateless-json")
+SDK_MODES = (*STREAMABLE_MODES, "legacy-sse")
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class ServerHandle:
+    """A server subprocess started by :func:`start_server`."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    args: list[str]
+    stderr_path: Path
+    _stderr: IO[bytes] = field(repr=False)
+
+    def stderr(self) -> str:
+        """Everything the process wrote to stderr so far."""
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s; idempotent."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
+
+
+def start_server(
+    args: list[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    *,
+    log_dir: Path | None = None,
+    timeout: float = STARTUP_TIMEOUT,
+) -> ServerHandle:
+    """Run ``sys.executable -m <args…>`` from the repo root and wait until `port` accepts connections.
+
+    `env` is added to the current environment. Raises RuntimeError (with the process's stderr) if
+    it exits or the port is not open within `timeout` seconds. The caller must ``stop()`` it.
+    """
+    full_env = {**os.environ, **(env or {})}
+    log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
+    stderr_path = log_dir / f"server-{port}-{time.monotonic_ns()}.stderr"
+    # A file, not a pipe (a full pipe would block the server); closed by ServerHandle.stop().
+    stderr = open(stderr_path, "wb")  # noqa: SIM115
+    cmd = [sys.executable, "-m", *args]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=stderr)
+    handle = ServerHandle(proc=proc, port=port, args=cmd, stderr_path=stderr_path, _stderr=stderr)
+    deadline = time.monotonic() + timeout
+    while not _port_open(port):
+        if proc.poll() is not None:
+            handle.stop()
+            raise RuntimeError(f"{cmd} exited with {proc.returncode}:\n{handle.stderr()}")
+        if time.monotonic() > deadline:
+            handle.stop()
+            raise RuntimeError(f"{cmd} did not open port {port} within {timeout}s:\n{handle.stderr()}")
+        time.sleep(0.05)
+    return handle
+
+
+@dataclass
+class Upstream:
+    """An official-SDK MCP server subprocess (see tests/peers/sdk_server.py)."""
+
+    mode: str
+    port: int
+    record_file: Path
+    handle: ServerHandle
+
+    @property
+    def base(self) -> str:
+        """``http://127.0.0.1:PORT`` (no path)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The MCP endpoint: ``…/mcp`` (Streamable HTTP) or ``…/sse`` (legacy-sse)."""
+        return f"{self.base}/sse" if self.mode == "legacy-sse" else f"{self.base}/mcp"
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The recorded HTTP requests: dicts with ts, method, path, query, headers, body."""
+        if not self.record_file.exists():
+            return []
+        with self.record_file.open(encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+
+    def clear_requests(self) -> None:
+        """Forget what was recorded so far (the server appends, so truncating is safe)."""
+        self.record_file.write_text("")
+
+    def stop(self) -> None:
+        """Stop the server process."""
+        self.handle.stop()
+
+
+def start_sdk_upstream(mode: str, workdir: Path, env: dict[str, str] | None = None) -> Upstream:
+    """Start ``tests.peers.sdk_server`` in `mode` on a free port, recording into `workdir`."""
+    if mode not in SDK_MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {SDK_MODES}")
+    port = free_port()
+    record_file = workdir / f"{mode}-{port}.jsonl"
+    handle = start_server(
+        ["tests.peers.sdk_server", "--mode", mode, "--port", str(port)],
+        port,
+        env={"MCP_RECORD_FILE": str(record_file), **(env or {})},
+        log_dir=workdir,
+    )
+    return Upstream(mode=mode, port=port, record_file=record_file, handle=handle)
