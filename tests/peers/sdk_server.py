@@ -15,20 +15,25 @@ Set ``MCP_RECORD_FILE=/path`` to append one JSON line per incoming HTTP request
 What the 2.3.0 server does with the modern (2026-07-28) ``server/discover`` probe:
 
 - The Streamable HTTP session manager routes on the ``MCP-Protocol-Version`` header *before*
-  looking at stateful/stateless: any value that is not a handshake-era version (2024-11-05 …
+  looking at stateful/stateless: any value that is not a handshake-era version (2024-11-05 ...
   2025-11-25) goes to the single-exchange "modern" handler. So in **all three streamable modes**
   ``server/discover`` (and every later modern request) is answered 200 without any session; no
-  ``Mcp-Session-Id`` is issued, and the SDK client in ``mode="auto"`` stays on 2026-07-28.
-  Modern requests must carry ``Mcp-Method`` (and ``Mcp-Name`` for tools/call etc.); mismatch → 400
-  with JSON-RPC error -32020. With ``json_response=False`` a modern request is answered as JSON
-  unless the handler emits a notification (e.g. progress) or runs > 15 s, in which case the
-  response commits to SSE. With ``json_response=True`` it is always JSON (progress is dropped).
+  ``Mcp-Session-Id`` is issued, and the SDK client in ``mode="auto"`` stays on 2026-07-28 (it never
+  sends initialize, GET or DELETE). Modern requests must carry ``Mcp-Method`` (and ``Mcp-Name`` for
+  tools/call, resources/read, prompts/get) matching the body, else 400 + JSON-RPC -32020; GET and
+  DELETE with a modern version header → 405 ``Allow: POST``.
+  With ``json_response=False`` a modern request is answered as JSON unless the handler emits a
+  notification (e.g. progress) or runs > 15 s, in which case it commits to SSE. With
+  ``json_response=True`` it is always JSON and progress notifications are dropped (the legacy
+  JSON-mode session drops them too).
 - A ``server/discover`` POST *without* a modern ``MCP-Protocol-Version`` header takes the legacy
-  path: stateful modes → 400 (no session id, not an initialize); stateless → JSON-RPC error.
-  See ``tests/integration/test_peers_direct.py`` for the statuses observed on the wire.
-- ``legacy-sse`` never sees headers-based routing: the client's discover probe is a message on the
-  SSE session; the session answers it with a JSON-RPC error, and the SDK client falls back to
-  ``initialize``.
+  path: stateful modes → 400 "Missing session ID"; stateless → 200 with JSON-RPC -32601.
+- ``initialize`` (``mode="legacy"``) works in every mode as before: stateful modes issue a session.
+- ``legacy-sse``: era is decided per SSE connection by its first message. A ``server/discover``
+  first locks the connection to 2026-07-28 (so ``mode="auto"`` over SSE ends up modern, replies
+  still on the SSE stream); after ``initialize`` a discover is answered with JSON-RPC -32600.
+
+Raw status codes for each mode are pinned down in ``tests/integration/test_peers_direct.py``.
 """
 
 from __future__ import annotations
