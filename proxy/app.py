@@ -1,9 +1,14 @@
-"""Starlette application assembly: routes, origin check, lifespan of the upstream client."""
+"""ASGI application: MCP endpoints dispatched directly, the rest through Starlette.
+
+The MCP paths are the hot path: a dict lookup and one handler call, without Starlette's routing
+and middleware layers (a quarter of the proxy's CPU time per request when measured).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,6 +17,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from .config import Config, is_loopback
 from .enforce.pipeline import AllowAll, Pipeline
@@ -21,7 +27,8 @@ from .transport.context import ProxyContext
 from .transport.intake import error_response
 from .transport.upstream import UpstreamClient
 
-Handler = Callable[[Request], Awaitable[Any]]
+Handler = Callable[[ProxyContext, Request], Awaitable[Any]]
+log = logging.getLogger("mcp_policy_proxy.app")
 
 
 def _origin_of(url: str) -> str:
@@ -29,21 +36,19 @@ def _origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
-def origin_guard(config: Config, handler: Handler) -> Handler:
-    """403 for a browser Origin that is neither loopback nor configured (DNS rebinding defence)."""
+def allowed_origins(config: Config) -> frozenset[str]:
     allowed = {_origin_of(o) for o in config.allowed_origins}
     if config.public_url:
         allowed.add(_origin_of(config.public_url))
+    return frozenset(allowed)
 
-    async def guarded(request: Request) -> Any:
-        origin = request.headers.get("origin")
-        if origin is not None and origin.lower() not in allowed:
-            host = urlsplit(origin).hostname
-            if host is None or not is_loopback(host):
-                return error_response(403, jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Origin not allowed"))
-        return await handler(request)
 
-    return guarded
+def origin_allowed(origin: str, allowed: frozenset[str]) -> bool:
+    """A browser Origin must be loopback or configured (the DNS-rebinding defence)."""
+    if origin.lower() in allowed:
+        return True
+    host = urlsplit(origin).hostname
+    return host is not None and is_loopback(host)
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -63,29 +68,47 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-def create_app(config: Config, pipeline: Pipeline | None = None) -> Starlette:
-    upstream = UpstreamClient(config.upstream)
-    ctx = ProxyContext(config, pipeline or AllowAll(), upstream)
+class ProxyApp:
+    def __init__(self, config: Config, pipeline: Pipeline | None = None) -> None:
+        self.ctx = ProxyContext(config, pipeline or AllowAll(), UpstreamClient(config.upstream))
+        self.allowed_origins = allowed_origins(config)
+        self.mcp_routes: dict[str, Handler] = {
+            "/mcp": streamable.handle,
+            "/sse": legacy_sse.open_stream,
+            "/messages/": legacy_sse.post_message,
+            "/messages": legacy_sse.post_message,
+        }
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await upstream.start()
-        try:
-            yield
-        finally:
-            await upstream.close()
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            try:
+                yield
+            finally:
+                await self.ctx.upstream.close()
 
-    def mcp(handler: Handler) -> Handler:
-        return origin_guard(config, handler)
+        self.other = Starlette(routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ], lifespan=lifespan)
+        self.other.state.proxy = self.ctx
 
-    routes = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/mcp", mcp(streamable.handle), methods=["GET", "POST", "DELETE", "PUT", "PATCH"]),
-        Route("/sse", mcp(legacy_sse.open_stream), methods=["GET"]),
-        Route("/messages/", mcp(legacy_sse.post_message), methods=["POST"]),
-        Route("/messages", mcp(legacy_sse.post_message), methods=["POST"]),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.proxy = ctx
-    return app
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self.mcp_routes.get(scope["path"]) if scope["type"] == "http" else None
+        if handler is None:
+            await self.other(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        origin = request.headers.get("origin")
+        if origin is not None and not origin_allowed(origin, self.allowed_origins):
+            response = error_response(403, jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Origin not allowed"))
+        else:
+            try:
+                response = await handler(self.ctx, request)
+            except Exception:
+                log.exception("request failed")
+                response = error_response(500, jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "Internal error"))
+        await response(scope, receive, send)
+
+
+def create_app(config: Config, pipeline: Pipeline | None = None) -> ProxyApp:
+    return ProxyApp(config, pipeline)

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62}[a-z0-9])?$")
 
 
@@ -41,6 +42,7 @@ class Upstream:
     headers: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 60.0
     connect_timeout_s: float = 5.0
+    keepalive_s: float = 4.0
     max_connections: int = 256
 
 
@@ -263,11 +265,14 @@ def parse(data: Any, source: str) -> Config:
     for k, v in headers.items():
         if not isinstance(v, str):
             raise up.err(f"headers.{k}", "must be a string")
+        if not _HEADER_NAME.match(k) or any(c in v for c in "\r\n\0"):
+            raise up.err(f"headers.{k}", "is not a valid HTTP header")
     upstream = Upstream(
         url=url, sse_url=up.url("sse_url") or derive_sse_url(url),
         headers={k.lower(): v for k, v in headers.items()},
         timeout_s=up.positive("timeout_s", float, 60.0),
         connect_timeout_s=up.positive("connect_timeout_s", float, 5.0),
+        keepalive_s=up.positive("keepalive_s", float, 4.0),
         max_connections=up.positive("max_connections", int, 256),
     )
     up.done()

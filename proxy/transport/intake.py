@@ -16,21 +16,21 @@ from ..protocol.jsonrpc import INVALID_REQUEST, Message, ProtocolError
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it exceeds `limit` bytes."""
-    too_large = ProtocolError(INVALID_REQUEST, f"Request body exceeds {limit} bytes", status=413)
     declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise ProtocolError(INVALID_REQUEST, "Invalid Content-Length")
-        if int(declared) > limit:
-            raise too_large
+    if declared is not None and int(declared) > limit:  # the HTTP parser has validated it
+        raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ProtocolError:
+    return ProtocolError(INVALID_REQUEST, f"Request body exceeds {limit} bytes", status=413)
 
 
 async def admit(request: Request, channel: Channel, pipeline: Pipeline, limit: int) -> tuple[Message, Verdict]:

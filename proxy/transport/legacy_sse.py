@@ -52,8 +52,7 @@ def _same_origin(a: str, b: str) -> bool:
     return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
 
 
-async def open_stream(request: Request) -> Any:
-    ctx: ProxyContext = request.app.state.proxy
+async def open_stream(ctx: ProxyContext, request: Request) -> Any:
     sse_url = ctx.config.upstream.sse_url
     if sse_url is None:
         return BodyResponse(404, [], b"Legacy SSE is not configured (upstream.sse_url)")
@@ -102,8 +101,7 @@ async def open_stream(request: Request) -> Any:
     return StreamResponse(200, client_response_headers(resp.headers), stream())
 
 
-async def post_message(request: Request) -> Any:
-    ctx: ProxyContext = request.app.state.proxy
+async def post_message(ctx: ProxyContext, request: Request) -> Any:
     session_id = request.query_params.get("session_id")
     if not session_id:
         return protocol_error_response(ProtocolError(INVALID_REQUEST, "session_id is required"))

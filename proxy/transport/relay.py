@@ -11,14 +11,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiohttp
-
 from ..enforce.pipeline import Channel, Pipeline
 from ..protocol import jsonrpc
 from ..protocol.headers import client_response_headers
 from ..protocol.jsonrpc import Kind
 from ..protocol.sse import Event, SSEDecoder, SSEError
-from .upstream import UpstreamResponse
+from .upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger("mcp_policy_proxy.relay")
 
@@ -118,8 +116,8 @@ async def relay_sse(channel: Channel, pipeline: Pipeline, chunks: AsyncIterator[
             yield tail
     except SSEError as exc:
         log.warning("closing upstream SSE stream: %s", exc)
-    except aiohttp.ClientError as exc:
-        log.info("upstream SSE stream ended: %s", type(exc).__name__)
+    except UpstreamError as exc:
+        log.info("upstream SSE stream ended: %s", exc.message)
     finally:
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:

@@ -23,8 +23,7 @@ from .upstream import UpstreamError
 _ALLOWED = "GET, POST, DELETE"
 
 
-async def handle(request: Request) -> Any:
-    ctx: ProxyContext = request.app.state.proxy
+async def handle(ctx: ProxyContext, request: Request) -> Any:
     server = ctx.server_for(request)
     channel = Channel("streamable_http", server, request.method, request.headers.get(PROTOCOL_VERSION),
                       request.headers.get("origin"))
