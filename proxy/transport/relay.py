@@ -50,9 +50,8 @@ class StreamResponse:
         self.status, self.headers, self.chunks = status, headers, chunks
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
-
         async def pump() -> None:
+            await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
             async for chunk in self.chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
