@@ -50,6 +50,9 @@ async def test_sdk_client_through_proxy(stack, mode, client_mode):
     methods = [r["headers"].get("mcp-method") for r in seen]
     if client_mode == "auto":
         assert methods[:1] == ["server/discover"]
+    elif mode != "stateless-json":  # the classic handshake: a GET stream, and DELETE at the end
+        http_methods = [r["method"] for r in seen]
+        assert "GET" in http_methods and http_methods[-1] == "DELETE"
     assert all(r["path"] == "/mcp" for r in seen)
     # No client credential in any form; the proxy's own upstream headers on every request.
     assert all(r["headers"]["authorization"] == "Bearer upstream-credential" for r in seen)
