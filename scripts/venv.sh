@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv with the project and its test dependencies; reinstalls when pyproject.toml changes.
-# Sourced by the other scripts; sets VENV.
+# Creates .venv with the project and its test dependencies (reinstalled when pyproject.toml
+# changes) and the npm test peers in tests/peers/node. Sourced by the other scripts; sets VENV.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
@@ -12,4 +12,12 @@ if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]"
   rm -f "$VENV"/.installed-*
   touch "$stamp"
+fi
+
+node_peers="$ROOT/tests/peers/node"
+node_stamp="$node_peers/node_modules/.installed-$(sha256sum "$node_peers/package-lock.json" | cut -c1-16)"
+if [ ! -f "$node_stamp" ]; then
+  command -v npm >/dev/null || { echo "npm is required for the TypeScript test peers (apt-get install nodejs npm)" >&2; exit 1; }
+  npm ci --prefix "$node_peers" --no-audit --no-fund --loglevel=error
+  touch "$node_stamp"
 fi

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -67,8 +68,10 @@ def start_server(
     *,
     log_dir: Path | None = None,
     timeout: float = STARTUP_TIMEOUT,
+    command: list[str] | None = None,
 ) -> ServerHandle:
-    """Run ``sys.executable -m <args…>`` from the repo root and wait until `port` accepts connections.
+    """Run ``sys.executable -m <args…>`` (or ``command + args``) from the repo root and wait until
+    `port` accepts connections.
 
     `env` is added to the current environment. Raises RuntimeError (with the process's stderr) if
     it exits or the port is not open within `timeout` seconds. The caller must ``stop()`` it.
@@ -78,7 +81,7 @@ def start_server(
     stderr_path = log_dir / f"server-{port}-{time.monotonic_ns()}.stderr"
     # A file, not a pipe (a full pipe would block the server); closed by ServerHandle.stop().
     stderr = open(stderr_path, "wb")  # noqa: SIM115
-    cmd = [sys.executable, "-m", *args]
+    cmd = [*(command or [sys.executable, "-m"]), *args]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=stderr)
     handle = ServerHandle(proc=proc, port=port, args=cmd, stderr_path=stderr_path, _stderr=stderr)
     deadline = time.monotonic() + timeout
@@ -141,3 +144,23 @@ def start_sdk_upstream(mode: str, workdir: Path, env: dict[str, str] | None = No
         log_dir=workdir,
     )
     return Upstream(mode=mode, port=port, record_file=record_file, handle=handle)
+
+
+NODE_PEERS = REPO_ROOT / "tests" / "peers" / "node"
+TS_EVERYTHING = NODE_PEERS / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+
+
+def start_ts_everything(transport: str, workdir: Path) -> tuple[int, ServerHandle]:
+    """The TypeScript SDK's reference server (npm `@modelcontextprotocol/server-everything`).
+
+    `transport` is `streamableHttp` (`/mcp`) or `sse` (`/sse`, `/message?sessionId=…`); it is made
+    to listen on 127.0.0.1 only by `node -r loopback.cjs`. Needs `npm ci` in tests/peers/node
+    (scripts/venv.sh runs it).
+    """
+    port = free_port()
+    node = shutil.which("node")
+    if node is None or not TS_EVERYTHING.exists():
+        raise RuntimeError(f"node or {TS_EVERYTHING} is missing: run `npm ci --prefix {NODE_PEERS}`")
+    handle = start_server([str(NODE_PEERS / "loopback.cjs"), str(TS_EVERYTHING), transport], port,
+                          {"PORT": str(port)}, log_dir=workdir, command=[node, "-r"])
+    return port, handle
