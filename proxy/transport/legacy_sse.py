@@ -38,13 +38,14 @@ class LegacySession:
     id: str
     channel: Channel
     upstream_url: str | None = None
-    outgoing: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+    # Bounded, so a client that reads slowly slows the upstream instead of filling memory.
+    outgoing: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(maxsize=64))
     newline: bytes = b"\n"
 
-    def inject(self, message: dict[str, Any]) -> None:
+    async def inject(self, message: dict[str, Any]) -> None:
         """Put a message of the proxy's own into the client's stream."""
         data = jsonrpc.encode(message).decode()
-        self.outgoing.put_nowait(encode_event(data, event="message", newline=self.newline).raw)
+        await self.outgoing.put(encode_event(data, event="message", newline=self.newline).raw)
 
 
 def _same_origin(a: str, b: str) -> bool:
@@ -83,9 +84,10 @@ async def open_stream(ctx: ProxyContext, request: Request) -> Any:
     async def pump() -> None:
         try:
             async for chunk in relay_sse(channel, ctx.pipeline, resp.chunks(), limits.max_sse_event_bytes, on_event):
-                session.outgoing.put_nowait(chunk)
-        finally:
-            session.outgoing.put_nowait(_END)
+                await session.outgoing.put(chunk)
+        except Exception:
+            log.exception("legacy SSE relay failed")
+        await session.outgoing.put(_END)  # not reached when cancelled: then the reader is gone
 
     async def stream() -> AsyncIterator[bytes]:
         ctx.legacy_sessions[session.id] = session
@@ -114,7 +116,7 @@ async def post_message(ctx: ProxyContext, request: Request) -> Any:
         return protocol_error_response(exc)
     if not verdict.allow:
         if verdict.reply is not None:
-            session.inject(verdict.reply)
+            await session.inject(verdict.reply)
         return BodyResponse(202, [(b"content-type", b"text/plain")], b"Accepted")
     headers = upstream_request_headers(request.headers.items(), ctx.upstream.headers)
     try:
@@ -124,5 +126,5 @@ async def post_message(ctx: ProxyContext, request: Request) -> Any:
                            timeout_s=ctx.config.upstream.timeout_s)
     except UpstreamError as exc:
         if msg.id is not None:  # the client waits for its answer on the stream
-            session.inject(jsonrpc.error_response(msg.id, jsonrpc.INTERNAL_ERROR, exc.message))
+            await session.inject(jsonrpc.error_response(msg.id, jsonrpc.INTERNAL_ERROR, exc.message))
         return error_response(exc.status, jsonrpc.error_response(msg.id, jsonrpc.INTERNAL_ERROR, exc.message))
