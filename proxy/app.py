@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +22,10 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .config import Config, is_loopback
-from .enforce.pipeline import AllowAll, Pipeline
+from .enforce.enforcer import Enforcer
+from .enforce.pipeline import Pipeline
+from .observe.decision_log import DecisionLog
+from .policy.manager import PolicyManager, build_policy_set
 from .protocol import jsonrpc
 from .transport import legacy_sse, streamable
 from .transport.context import ProxyContext
@@ -69,8 +74,21 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 class ProxyApp:
-    def __init__(self, config: Config, pipeline: Pipeline | None = None) -> None:
-        self.ctx = ProxyContext(config, pipeline or AllowAll(), UpstreamClient(config.upstream))
+    def __init__(self, config: Config, pipeline: Pipeline | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        """`pipeline` replaces the policy pipeline (tests); without it the config's policies decide.
+
+        Raises PolicyLoadError (naming file and line) when the policies cannot be used.
+        """
+        self.decision_log = DecisionLog(config.decision_log["sink"],
+                                        redact_arguments=config.decision_log["redact_arguments"])
+        self.policy_manager: PolicyManager | None = None
+        if pipeline is None:
+            enforcer = Enforcer(build_policy_set(config.policy), config.servers, self.decision_log,
+                                mode=config.policy.mode, clock=clock)
+            self.policy_manager = PolicyManager(config.policy, enforcer)
+            pipeline = enforcer
+        self.ctx = ProxyContext(config, pipeline, UpstreamClient(config.upstream))
         self.allowed_origins = allowed_origins(config)
         self.mcp_routes: dict[str, Handler] = {
             "/mcp": streamable.handle,
@@ -81,10 +99,21 @@ class ProxyApp:
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            watcher = None
+            manager = self.policy_manager
+            if manager is not None:
+                loop = asyncio.get_running_loop()
+                with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+                    loop.add_signal_handler(signal.SIGHUP, manager.reload)
+                watcher = asyncio.ensure_future(manager.watch())
             try:
                 yield
             finally:
+                if watcher is not None:
+                    watcher.cancel()
+                    await manager.holder.policy.engine.close()  # type: ignore[union-attr]
                 await self.ctx.upstream.close()
+                self.decision_log.close()
 
         self.other = Starlette(routes=[
             Route("/healthz", healthz, methods=["GET"]),
@@ -110,5 +139,6 @@ class ProxyApp:
         await response(scope, receive, send)
 
 
-def create_app(config: Config, pipeline: Pipeline | None = None) -> ProxyApp:
-    return ProxyApp(config, pipeline)
+def create_app(config: Config, pipeline: Pipeline | None = None, *,
+               clock: Callable[[], float] = time.time) -> ProxyApp:
+    return ProxyApp(config, pipeline, clock=clock)

@@ -1,4 +1,4 @@
-"""Command line: `mcp-policy-proxy serve | config check`.
+"""Command line: `mcp-policy-proxy serve | policy test | policy eval | config check`.
 
 Exit codes: 0 ok, 2 usage or configuration error (the message names file and key), 1 runtime failure.
 """
@@ -9,10 +9,12 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Config, ConfigError, load
+from .config import BUNDLED_POLICIES, Config, ConfigError, Policy, load
+from .policy.loader import PolicyLoadError
 
 log = logging.getLogger("mcp_policy_proxy")
 
@@ -31,6 +33,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (overrides listen.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    pol = sub.add_parser("policy", help="policy tools")
+    pol_sub = pol.add_subparsers(dest="policy_command", required=True)
+    ptest = pol_sub.add_parser("test", help="run every Rego test (test_* rules) with the embedded engine")
+    ptest.add_argument("paths", nargs="*", help="policy files or directories (default: the bundled policies)")
+    peval = pol_sub.add_parser("eval", help="print the decision for one input document")
+    peval.add_argument("--input", required=True, help="JSON file holding the policy input (docs/policy-input.md)")
+    peval.add_argument("--config", help="config file whose policy section to use (default: bundled policies)")
 
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
@@ -74,11 +84,52 @@ def serve(config: Config, log_level: str) -> int:
     if problem:
         print(f"mcp-policy-proxy: {problem}", file=sys.stderr)
         return 2
-    os.environ.setdefault("RUST_BACKTRACE", "0")
+    try:
+        app = create_app(config)
+    except PolicyLoadError as exc:
+        print(f"mcp-policy-proxy: {config.source}: policy: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(
-        create_app(config), host=config.listen.host, port=config.listen.port, log_level=log_level,
+        app, host=config.listen.host, port=config.listen.port, log_level=log_level,
         loop="uvloop", http="httptools", access_log=False, server_header=False, lifespan="on",
     )
+    return 0
+
+
+def policy_test(paths: list[str]) -> int:
+    from .policy.testing import run_rego_tests
+
+    results = run_rego_tests(paths or [BUNDLED_POLICIES])
+    for r in results:
+        status = "PASS" if r.passed else "FAIL"
+        detail = f": {r.error}" if r.error else ""
+        print(f"{status} {r.package}.{r.name} ({r.duration_ns / 1000:.0f} µs){detail}")
+    failed = sum(not r.passed for r in results)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed or not results else 0
+
+
+def policy_eval(input_path: str, config_path: str | None) -> int:
+    import asyncio
+    import json
+
+    from .policy.engine import PolicyError, to_decision
+    from .policy.manager import build_policy_set
+
+    policy = load(config_path).policy if config_path else Policy()
+    try:
+        document = json.loads(Path(input_path).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"mcp-policy-proxy: {input_path}: {exc}", file=sys.stderr)
+        return 2
+    engine = build_policy_set(policy).engine
+    try:
+        result = asyncio.run(engine.evaluate(document))
+        to_decision(result)
+    except PolicyError as exc:
+        print(f"mcp-policy-proxy: no valid decision (deny): {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -89,12 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(_serve_config(args), args.log_level)
+        if args.command == "policy":
+            if args.policy_command == "test":
+                return policy_test(args.paths)
+            return policy_eval(args.input, args.config)
         if args.command == "config":
             config = load(args.file)
             names = ", ".join(s.name for s in config.servers)
             print(f"{args.file}: ok ({len(config.servers)} server(s): {names}; upstream {config.upstream.url})")
             return 0
-    except ConfigError as exc:
+    except (ConfigError, PolicyLoadError) as exc:
         print(f"mcp-policy-proxy: {exc}", file=sys.stderr)
         return 2
     return 2

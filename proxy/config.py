@@ -18,6 +18,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+# The policies shipped with the proxy: the default when a config names none.
+BUNDLED_POLICIES = str(Path(__file__).resolve().parent.parent / "policies")
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62}[a-z0-9])?$")
@@ -72,7 +75,7 @@ class OpaSettings:
 @dataclass(frozen=True)
 class Policy:
     engine: str = "embedded"
-    paths: tuple[str, ...] = ("policies/",)
+    paths: tuple[str, ...] = (BUNDLED_POLICIES,)
     query: str = "data.mcp.authz.decision"
     mode: str = "enforce"
     opa: OpaSettings = OpaSettings()
@@ -95,9 +98,9 @@ class Config:
     limits: Limits = Limits()
     policy: Policy = Policy()
     auth: Auth = Auth()
-    servers: tuple[Server, ...] = (Server(name="default"),)
+    servers: tuple[Server, ...] = (Server(name="default", methods=("read", "write", "custom")),)
     rate_limit: dict[str, Any] = field(default_factory=dict)
-    decision_log: dict[str, Any] = field(default_factory=lambda: {"sink": "stdout"})
+    decision_log: dict[str, Any] = field(default_factory=lambda: {"sink": "stdout", "redact_arguments": True})
     source: str = "<defaults>"
 
     @property
@@ -300,7 +303,9 @@ def parse(data: Any, source: str) -> Config:
     opa_settings = OpaSettings(url=opa.url("url") or OpaSettings.url,
                                timeout_ms=opa.positive("timeout_ms", int, OpaSettings.timeout_ms))
     opa.done()
-    policy = Policy(engine=engine, paths=pol.strings("paths") or Policy.paths,
+    base = Path(source).parent if source.endswith((".yaml", ".yml", ".json")) else Path.cwd()
+    paths = tuple(str(base / p) for p in pol.strings("paths")) or Policy.paths
+    policy = Policy(engine=engine, paths=paths,
                     query=pol.get("query", str, Policy.query), mode=mode, opa=opa_settings)
     pol.done()
 
@@ -315,7 +320,7 @@ def parse(data: Any, source: str) -> Config:
 
     raw_servers = root.get("servers", list, None)
     if raw_servers is None:
-        servers: tuple[Server, ...] = (Server(name="default"),)
+        servers: tuple[Server, ...] = Config.servers
     else:
         if not raw_servers:
             raise root.err("servers", "must name at least one server")
@@ -327,11 +332,17 @@ def parse(data: Any, source: str) -> Config:
         if sum(s.token_hmac is None for s in servers) > 1:
             raise root.err("servers", "at most one server may lack token_hmac (it is served at /mcp and /sse)")
 
+    dl = root.child("decision_log")
+    sink = dl.get("sink", str, "stdout")
+    if sink not in ("stdout", "off") and not (sink.startswith("file:") and len(sink) > 5):
+        raise dl.err("sink", f"must be stdout, off or file:PATH, got {sink!r}")
+    decision_log = {"sink": sink, "redact_arguments": dl.get("redact_arguments", bool, True)}
+    dl.done()
+
     config = Config(
         upstream=upstream, listen=listen, public_url=root.url("public_url"),
         allowed_origins=root.strings("allowed_origins"), limits=limits, policy=policy, auth=auth,
-        servers=servers, rate_limit=root.get("rate_limit", dict, {}),
-        decision_log=root.get("decision_log", dict, {"sink": "stdout"}), source=source,
+        servers=servers, rate_limit=root.get("rate_limit", dict, {}), decision_log=decision_log, source=source,
     )
     root.done()
     return config

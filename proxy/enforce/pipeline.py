@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..auth.principal import ANONYMOUS, Principal
 from ..config import Server
-from ..protocol.jsonrpc import Message
+from ..protocol.jsonrpc import Kind, Message
 
 
 @dataclass(slots=True)
@@ -27,8 +28,11 @@ class Channel:
     http_method: str = "POST"
     protocol_version: str | None = None
     origin: str | None = None
+    principal: Principal = ANONYMOUS
     # JSON-RPC ids of requests whose responses the pipeline wants to see, with their method.
     watched: dict[Any, str] = field(default_factory=dict)
+    # Server→client requests relayed on this channel, so the client's answers can be named.
+    server_requests: dict[Any, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +42,13 @@ class Verdict:
     reply: dict[str, Any] | None = None
     # Whether the upstream's response to this request must pass through `server_message`.
     watch_response: bool = False
+    # The HTTP status of a reply on a request/response transport (503: the policy engine failed).
+    status: int = 200
 
 
 ALLOW = Verdict(allow=True)
+# What `server_message` returns for a server→client message that must not reach the client.
+DROP = Message({}, Kind.NOTIFICATION)
 
 
 class Pipeline(Protocol):
@@ -49,7 +57,7 @@ class Pipeline(Protocol):
         ...
 
     async def server_message(self, channel: Channel, msg: Message) -> Message | None:
-        """A server→client message on its way out: a replacement, or None to relay it untouched."""
+        """A server→client message on its way out: a replacement, DROP, or None to relay it untouched."""
         ...
 
 

@@ -115,8 +115,10 @@ async def post_message(ctx: ProxyContext, request: Request) -> Any:
     except ProtocolError as exc:
         return protocol_error_response(exc)
     if not verdict.allow:
-        if verdict.reply is not None:
+        if verdict.reply is not None:  # answers travel on the stream on this transport
             await session.inject(verdict.reply)
+        if verdict.status != 200:
+            return error_response(verdict.status, verdict.reply or {})
         return BodyResponse(202, [(b"content-type", b"text/plain")], b"Accepted")
     headers = upstream_request_headers(request.headers.items(), ctx.upstream.headers)
     try:

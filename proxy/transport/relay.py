@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from ..enforce.pipeline import Channel, Pipeline
+from ..enforce.pipeline import DROP, Channel, Pipeline
 from ..protocol import jsonrpc
 from ..protocol.headers import client_response_headers
 from ..protocol.jsonrpc import Kind
@@ -85,6 +85,8 @@ async def relay(channel: Channel, pipeline: Pipeline, resp: UpstreamResponse, *,
         msg = jsonrpc.parse_server_data(body)
         if msg is not None:
             replacement = await server_message(channel, pipeline, msg)
+            if replacement is DROP:
+                return BodyResponse(202, [], b"")
             if replacement is not None:
                 body = jsonrpc.encode(replacement.data)
         return BodyResponse(resp.status, headers, body)
@@ -133,4 +135,8 @@ async def relay_event(channel: Channel, pipeline: Pipeline, ev: Event, on_event:
         log.warning("dropped an upstream SSE event that is not a JSON-RPC message")
         return b""
     replacement = await server_message(channel, pipeline, msg)
-    return ev.raw if replacement is None else ev.with_data(jsonrpc.encode(replacement.data).decode()).raw
+    if replacement is None:
+        return ev.raw
+    if replacement is DROP:
+        return b""
+    return ev.with_data(jsonrpc.encode(replacement.data).decode()).raw

@@ -37,7 +37,7 @@ async def handle(ctx: ProxyContext, request: Request) -> Any:
         if not verdict.allow:
             if verdict.reply is None:
                 return BodyResponse(202, [], b"")
-            return error_response(200, verdict.reply)
+            return error_response(verdict.status, verdict.reply)
         body, request_id = msg.encode(), msg.id
     elif request.method not in ("GET", "DELETE"):
         return BodyResponse(405, [(b"allow", _ALLOWED.encode())], b"")

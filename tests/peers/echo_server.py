@@ -25,6 +25,9 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if not message.get("more_body"):
             break
     headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+    if "x-test-tools" in headers:
+        await _tools_answer(scope, headers, body, send)
+        return
     status = int(headers.get("x-test-status", "200"))
     out_headers = [(b"content-type", b"application/json")]
     for name, value in scope["headers"]:
@@ -34,6 +37,35 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
                           "raw_headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
                           "body": body.decode("utf-8", "replace")}).encode()
     await send({"type": "http.response.start", "status": status, "headers": out_headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+# A paginated tools/list (two pages via cursor) whose tools have write and read names.
+TOOL_PAGES = {
+    None: ([{"name": "list_all_missive_conversations", "inputSchema": {"type": "object"}},
+            {"name": "create_a_missive_post", "inputSchema": {"type": "object"}}], "page-2"),
+    "page-2": ([{"name": "get_single_missive_conversation_by_id", "inputSchema": {"type": "object"}},
+                {"name": "delete_a_missive_post_by_id", "inputSchema": {"type": "object"}}], None),
+}
+
+
+async def _tools_answer(scope: Scope, headers: dict[str, str], body: bytes, send: Send) -> None:
+    """`x-test-tools: json` answers a tools/list POST page by cursor; `x-test-tools: sse` answers
+    any request (e.g. a GET stream) with an SSE stream carrying a tools/list-shaped response."""
+    if headers["x-test-tools"] == "sse":
+        tools, _ = TOOL_PAGES[None]
+        event = json.dumps({"jsonrpc": "2.0", "id": 99, "result": {"tools": tools}})
+        payload = f"id: 1\ndata: {event}\n\n".encode()
+        ctype = b"text/event-stream"
+    else:
+        request = json.loads(body)
+        tools, next_cursor = TOOL_PAGES[request.get("params", {}).get("cursor")]
+        result: dict = {"tools": tools, "ttlMs": 60000, "cacheScope": "public"}
+        if next_cursor:
+            result["nextCursor"] = next_cursor
+        payload = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": result}).encode()
+        ctype = b"application/json"
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", ctype)]})
     await send({"type": "http.response.body", "body": payload})
 
 

@@ -94,6 +94,17 @@ def build_server() -> MCPServer:
         digest = zlib.crc32(f"{conversation}|{text}".encode())
         return f"post-{digest:08x}"
 
+    # Read tools in the managed-MCP naming convention (list/get → read access), for policy tests.
+    @mcp.tool()
+    def list_all_missive_conversations(inbox: bool = True) -> str:
+        """Pretend to list conversations."""
+        return json.dumps({"conversations": [{"id": "c-1", "subject": "Hello"}]})
+
+    @mcp.tool()
+    def get_single_missive_conversation_by_id(id: str) -> str:
+        """Pretend to get one conversation."""
+        return json.dumps({"conversations": [{"id": id, "subject": "Hello"}]})
+
     return mcp
 
 

@@ -1,0 +1,22 @@
+"""The authenticated client as policies see it (`input.principal`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    authenticated: bool = False
+    via: tuple[str, ...] = ()  # "url_token", "jwt", "api_token"
+    subject: str | None = None
+    claims: dict[str, Any] = field(default_factory=dict)
+    scopes: tuple[str, ...] = ()
+
+    def to_input(self) -> dict[str, Any]:
+        return {"authenticated": self.authenticated, "via": list(self.via), "subject": self.subject,
+                "claims": self.claims, "scopes": list(self.scopes)}
+
+
+ANONYMOUS = Principal()

@@ -1,0 +1,93 @@
+"""Tool classification: name → method (list/get/create/update/delete/custom), access, tags.
+
+Order of evidence: an explicit catalog entry (`data.catalog.tools`), the managed-MCP naming
+convention, the tool's MCP annotations, else custom. Tags come from the entry or from the
+catalog's tag rules (a word of the tool name → tags). Results are cached per (name, read-only
+hint): classification runs once per tool, not once per call.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+ACCESS = {"list": "read", "get": "read", "create": "write", "update": "write", "delete": "write"}
+
+# The managed-MCP naming convention (list_all_missive_conversations, get_single_…_by_id, …).
+_CONVENTION = (
+    (re.compile(r"^list_all_(?P<rest>.+)$"), "list"),
+    (re.compile(r"^get_single_(?P<rest>.+)_by_id$"), "get"),
+    (re.compile(r"^create_an?_(?P<rest>.+)$"), "create"),
+    (re.compile(r"^update_an?_(?P<rest>.+)_by_id$"), "update"),
+    (re.compile(r"^delete_an?_(?P<rest>.+)_by_id$"), "delete"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolInfo:
+    name: str
+    method: str
+    access: str
+    tags: tuple[str, ...]
+
+    def to_input(self, annotations: dict[str, Any] | None) -> dict[str, Any]:
+        return {"name": self.name, "method": self.method, "access": self.access, "tags": list(self.tags),
+                "annotations": annotations or {}}
+
+
+class Catalog:
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        data = data or {}
+        self._tools: dict[str, dict[str, Any]] = data.get("tools") or {}
+        rules = data.get("tag_rules") or []
+        # Longest words first, so "shared_label" is tried before "label".
+        self._rules = sorted(((str(r["word"]), tuple(r.get("tags", ()))) for r in rules if "word" in r),
+                             key=lambda rule: -len(rule[0]))
+        self._cache: dict[tuple[str, bool], ToolInfo] = {}
+
+    @property
+    def known_names(self) -> tuple[str, ...]:
+        return tuple(self._tools)
+
+    def classify(self, name: str, annotations: dict[str, Any] | None = None) -> ToolInfo:
+        read_only = bool(annotations and annotations.get("readOnlyHint") is True)
+        key = (name, read_only)
+        info = self._cache.get(key)
+        if info is None:
+            info = self._classify(name, read_only)
+            if len(self._cache) < 65536:
+                self._cache[key] = info
+        return info
+
+    def _classify(self, name: str, read_only: bool) -> ToolInfo:
+        entry = self._tools.get(name) or {}
+        method = entry.get("method")
+        if method is None:
+            for pattern, convention in _CONVENTION:
+                if pattern.match(name):
+                    method = convention
+                    break
+            else:
+                method = "get" if read_only else name
+        access = entry.get("access") or ACCESS.get(method, "custom")
+        tags = entry.get("tags")
+        if tags is None:
+            tags = self._tags_from_rules(name)
+        return ToolInfo(name, str(method), str(access), tuple(str(t) for t in tags))
+
+    def _tags_from_rules(self, name: str) -> tuple[str, ...]:
+        """Rules match whole words of the name (the last one singular or plural), longest rule
+        first; words a rule matched are not matched again ("shared_labels" is not also "labels")."""
+        words = name.lower().replace("-", "_").split("_")
+        free = [True] * len(words)
+        tags: list[str] = []
+        for word, rule_tags in self._rules:
+            parts = word.split("_")
+            n = len(parts)
+            for i in range(len(words) - n + 1):
+                window = words[i:i + n]
+                if all(free[i:i + n]) and window[:-1] == parts[:-1] and window[-1] in (parts[-1], parts[-1] + "s"):
+                    free[i:i + n] = [False] * n
+                    tags.extend(t for t in rule_tags if t not in tags)
+        return tuple(tags)

@@ -1,0 +1,1 @@
+"""What the proxy tells operators: decision logs (and, later, metrics)."""

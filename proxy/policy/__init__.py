@@ -1,0 +1,1 @@
+"""Policy decisions: the engine interface, the embedded (regorus) and remote (OPA) engines."""

@@ -1,0 +1,48 @@
+"""The policy engine interface and the one place a raw result becomes a Decision.
+
+Both engines (embedded regorus, remote OPA) only evaluate: they return the query's raw value or
+raise PolicyError. `to_decision` then judges the shape, so a malformed or undefined result denies
+the same way whichever engine produced it (fail closed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class PolicyError(Exception):
+    """The engine could not decide (unavailable, timed out, evaluation error, bad result)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allow: bool
+    reasons: tuple[str, ...]
+    visible_tools: frozenset[str]
+    result: Any  # the raw value of the query, for the decision log
+
+
+class PolicyEngine(Protocol):
+    name: str  # "embedded" | "opa": the engine label in metrics and logs
+    revision: str  # what policy version is in force (a content hash, or the OPA bundle revision)
+
+    async def evaluate(self, input: dict[str, Any]) -> Any:
+        """The value of the decision query for `input`; PolicyError if there is none."""
+        ...
+
+    async def close(self) -> None:
+        ...
+
+
+def to_decision(result: Any) -> Decision:
+    """Validate a raw query value as `{"allow": bool, "reasons": [str], "visible_tools": [str]}`."""
+    if not isinstance(result, dict) or not isinstance(result.get("allow"), bool):
+        raise PolicyError("policy result is not an object with a boolean 'allow'")
+    reasons = result.get("reasons", [])
+    visible = result.get("visible_tools", [])
+    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+        raise PolicyError("policy result 'reasons' is not a list of strings")
+    if not isinstance(visible, list) or not all(isinstance(t, str) for t in visible):
+        raise PolicyError("policy result 'visible_tools' is not a list of strings")
+    return Decision(result["allow"], tuple(reasons), frozenset(visible), result)
