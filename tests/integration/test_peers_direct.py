@@ -73,7 +73,8 @@ from tests.peers.harness import STREAMABLE_MODES, Upstream
 pytestmark = pytest.mark.asyncio
 
 UpstreamFactory = Callable[[str], Upstream]
-TOOLS = {"echo", "add", "slow_progress", "sleep", "create_a_missive_post", "list_all_missive_conversations", "get_single_missive_conversation_by_id"}
+TOOLS = {"echo", "add", "slow_progress", "sleep", "create_a_missive_post", "list_all_missive_conversations",
+         "get_single_missive_conversation_by_id"}
 MODERN = "2026-07-28"
 ACCEPT = "application/json, text/event-stream"
 INIT = {
