@@ -105,13 +105,15 @@ class ProxyApp:
                 loop = asyncio.get_running_loop()
                 with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
                     loop.add_signal_handler(signal.SIGHUP, manager.reload)
-                watcher = asyncio.ensure_future(manager.watch())
+                if manager.config.reload_interval_s > 0:
+                    watcher = asyncio.ensure_future(manager.watch(manager.config.reload_interval_s))
             try:
                 yield
             finally:
                 if watcher is not None:
                     watcher.cancel()
-                    await manager.holder.policy.engine.close()  # type: ignore[union-attr]
+                if manager is not None:
+                    await manager.holder.policy.engine.close()
                 await self.ctx.upstream.close()
                 self.decision_log.close()
 

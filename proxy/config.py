@@ -78,6 +78,7 @@ class Policy:
     paths: tuple[str, ...] = (BUNDLED_POLICIES,)
     query: str = "data.mcp.authz.decision"
     mode: str = "enforce"
+    reload_interval_s: float = 1.0  # how often policy files are checked for changes; 0: on SIGHUP only
     opa: OpaSettings = OpaSettings()
 
 
@@ -305,7 +306,10 @@ def parse(data: Any, source: str) -> Config:
     opa.done()
     base = Path(source).parent if source.endswith((".yaml", ".yml", ".json")) else Path.cwd()
     paths = tuple(str(base / p) for p in pol.strings("paths")) or Policy.paths
-    policy = Policy(engine=engine, paths=paths,
+    reload_interval_s = pol.get("reload_interval_s", float, 1.0)
+    if reload_interval_s < 0:
+        raise pol.err("reload_interval_s", "must be 0 (SIGHUP only) or more")
+    policy = Policy(engine=engine, paths=paths, reload_interval_s=reload_interval_s,
                     query=pol.get("query", str, Policy.query), mode=mode, opa=opa_settings)
     pol.done()
 

@@ -34,32 +34,22 @@ from typing import Any
 os.environ["RUST_BACKTRACE"] = "0"  # regorus errors would otherwise carry (and compute) a backtrace
 
 import regorus
-import yaml
 from aiohttp import web
 
+from proxy.policy.loader import load_bundle
+
 MODES = ("ok", "slow", "garbage", "error500", "undefined")
-DATA_FILES = ("data.json", "data.yaml", "data.yml")
 SLOW_S = 2.0
 
 
 def load_engine(root: Path) -> regorus.Engine:
-    """Every .rego module and bundle-style data file below `root` in one regorus Engine."""
+    """The bundle below `root` (read as the proxy reads it; test files excluded, as OPA serves
+    bundles) in one regorus Engine."""
+    bundle = load_bundle([str(root)])
     engine = regorus.Engine()
-    data: dict[str, Any] = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if name.endswith(".rego"):
-                engine.add_policy(str(path.relative_to(root)), path.read_text(encoding="utf-8"))
-            elif name in DATA_FILES:
-                text = path.read_text(encoding="utf-8")
-                value = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
-                node = data
-                for key in path.parent.relative_to(root).parts:
-                    node = node.setdefault(key, {})
-                node.update(value or {})
-    engine.add_data(data)
+    for path, source in bundle.modules:
+        engine.add_policy(path, source)
+    engine.add_data(bundle.data)
     return engine
 
 
