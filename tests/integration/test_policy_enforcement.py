@@ -158,3 +158,16 @@ async def test_every_tools_list_page_and_stream_is_filtered(tmp_path):
     finally:
         proxy.stop()
         echo.stop()
+
+
+async def test_batch_mixing_allowed_and_denied_calls_is_refused_whole(stack):
+    upstream, proxy = stack("stateless-json", {"methods": ["read"]})
+    upstream.clear_requests()
+    batch = [{"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+              "params": {"name": "list_all_missive_conversations", "arguments": {}}},
+             {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+              "params": {"name": "create_a_missive_post", "arguments": {"conversation": "c", "text": "t"}}}]
+    async with httpx.AsyncClient() as http:
+        r = await http.post(proxy.url, headers={**HEADERS, "mcp-protocol-version": "2025-03-26"}, json=batch)
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32600
+    assert upstream.requests() == []
