@@ -5,7 +5,7 @@
 #
 # Shape of the policy: `deny` collects one sentence per reason to refuse the message, and a message
 # is allowed iff nothing was denied. To tighten it, add a file with `package mcp.authz` and more
-# `deny contains msg if { … }` rules (or `hidden(tool) if { … }` rules to hide tools); see
+# `deny contains msg if { … }` rules (or `hidden_tools contains name if { … }` to hide tools); see
 # docs/policies.md. Every rule reads `input` only (the time too): a decision can be replayed from
 # its decision-log entry.
 package mcp.authz
@@ -28,19 +28,30 @@ decision := {
 	"visible_tools": visible_tools,
 }
 
-# `visible_tools` says what the client may *see*, whatever `allow` says: for a tools/call the proxy
-# answers a hidden tool with "Unknown tool" and a visible-but-denied one with an error result.
-default visible_tools := []
+# What the client may *see* of the tools this message is about, whatever `allow` says: for a
+# tools/call the proxy answers a hidden tool with "Unknown tool", a visible but denied one with an
+# error result the model can read.
+visible_tools := [tool.name | some tool in message_tools; is_string(tool.name); visible(tool)]
 
-visible_tools := [t.name | some t in input.tools; is_string(t.name); visible(t)] if {
+# The tools this message is about: every tool of a tools/list page, or the called tool.
+default message_tools := []
+
+message_tools := input.tools if {
 	tools_page
 	is_array(input.tools)
 }
 
-visible_tools := [input.tool.name] if {
+message_tools := [input.tool] if {
 	method == "tools/call"
-	visible(input.tool)
+	has_tool
 }
+
+tools_page if {
+	input.message.kind == "response"
+	input.message.method == "tools/list"
+}
+
+has_tool if is_object(input.tool)
 
 # --- Input, with fallbacks ---------------------------------------------------------------------
 
@@ -79,9 +90,7 @@ has_message if is_object(input.message)
 deny contains sprintf("server %s expired at %s", [server_name, input.server.expires_at]) if expired
 
 expired if {
-	expiry_set
-	rfc3339(input.time)
-	rfc3339(input.server.expires_at)
+	expiry_checkable
 	time.parse_rfc3339_ns(input.time) >= time.parse_rfc3339_ns(input.server.expires_at)
 }
 
@@ -92,10 +101,7 @@ deny contains msg if {
 	msg := sprintf("server %s has an expiry, but the time or the expiry is not RFC 3339", [server_name])
 }
 
-expiry_set if {
-	is_object(input.server)
-	object.get(input.server, "expires_at", null) != null
-}
+expiry_set if input.server.expires_at != null
 
 expiry_checkable if {
 	rfc3339(input.time)
@@ -131,7 +137,8 @@ housekeeping := {
 	"logging/setLevel", "completion/complete",
 }
 
-# Listings and reads reveal no tool; tools/list is filtered page by page (visible_tools).
+# Resources, prompts and tasks are not tools: methods and tags do not gate them (add deny rules to
+# do so). tools/list is let through and its answer filtered page by page (visible_tools).
 listings := {"tools/list", "resources/list", "resources/templates/list", "prompts/list"}
 
 reads := {"resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/get"}
@@ -150,7 +157,7 @@ known if method in tasks
 
 known if method == "tools/call" # decided by the tool's visibility, below
 
-known if tools_page
+known if tools_page # filtered by visible_tools
 
 # What the upstream asks the client (sampling/createMessage, elicitation/create, roots/list, …)
 # and the client's answers: the client stays in control of those itself.
@@ -174,18 +181,13 @@ deny contains msg if {
 	])
 }
 
-tools_page if {
-	input.message.kind == "response"
-	input.message.method == "tools/list"
-}
-
 # --- Tools: methods and tags -------------------------------------------------------------------
 
 # A tool is visible when the server's methods and tags both let it through and no rule hides it.
 visible(tool) if {
 	method_allowed(tool)
 	tag_allowed(tool)
-	not hidden(tool)
+	not is_hidden(tool)
 }
 
 # `read`, `write` and `custom` name an access level: read = list + get, write = create + update +
@@ -209,16 +211,21 @@ tag_allowed(tool) if {
 	tag in tool.tags
 }
 
-# Extension hook: more files of package mcp.authz may add `hidden(tool) if …` to hide tools from
-# lists and calls alike. This one hides the names in the server's params.hidden_tools.
-hidden(tool) if tool.name in object.get(input, ["server", "params", "hidden_tools"], [])
+# Extension hook: more files of package mcp.authz may add `hidden_tools contains tool.name if …`
+# (for some tool in message_tools) to hide tools from lists and calls alike. This one hides the
+# names listed in the server's params.hidden_tools. (A set rule, not a function: regorus cannot
+# yet spread one function's definitions over several files.)
+hidden_tools contains tool.name if {
+	some tool in message_tools
+	tool.name in object.get(input, ["server", "params", "hidden_tools"], [])
+}
+
+is_hidden(tool) if tool.name in hidden_tools
 
 deny contains "tools/call without a tool" if {
 	method == "tools/call"
 	not has_tool
 }
-
-has_tool if is_object(input.tool)
 
 deny contains msg if {
 	method == "tools/call"
@@ -240,5 +247,6 @@ deny contains msg if {
 
 deny contains sprintf("tool %s is hidden from this client", [input.tool.name]) if {
 	method == "tools/call"
-	hidden(input.tool)
+	has_tool
+	is_hidden(input.tool)
 }
