@@ -38,8 +38,10 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 LUA = HERE / "mcp_call.lua"
 DEFAULT_PROXY_CMD = "{python} -m proxy serve --upstream {upstream} --host 127.0.0.1 --port {port}"
-TARGET_ADDED_P50_MS = 0.4
-TARGET_RPS = 3000
+# With the policy pipeline on (the default since the policy issue); the transparent proxy of the
+# foundation issue had 0.4 ms and 3,000 req/s (met: benchmarks/README.md).
+TARGET_ADDED_P50_MS = 0.7
+TARGET_RPS = 2000
 CONNECTIONS = 32
 
 # (requests, warm-up, interleaved rounds, wrk seconds, wrk warm-up seconds, hard budget seconds)
