@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -25,6 +25,7 @@ from .config import Config, is_loopback
 from .enforce.enforcer import Enforcer
 from .enforce.pipeline import Pipeline
 from .observe.decision_log import DecisionLog
+from .observe.metrics import Metrics
 from .policy.manager import PolicyManager, build_policy_set
 from .protocol import jsonrpc
 from .transport import legacy_sse, streamable
@@ -82,10 +83,13 @@ class ProxyApp:
         """
         self.decision_log = DecisionLog(config.decision_log["sink"],
                                         redact_arguments=config.decision_log["redact_arguments"])
+        self.metrics = Metrics()
         self.policy_manager: PolicyManager | None = None
         if pipeline is None:
-            enforcer = Enforcer(build_policy_set(config.policy), config.servers, self.decision_log,
-                                mode=config.policy.mode, clock=clock)
+            policy = build_policy_set(config.policy)
+            self.metrics.policy_in_force(policy.engine.revision)
+            enforcer = Enforcer(policy, config.servers, self.decision_log, mode=config.policy.mode, clock=clock,
+                                metrics=self.metrics)
             self.policy_manager = PolicyManager(config.policy, enforcer)
             pipeline = enforcer
         self.ctx = ProxyContext(config, pipeline, UpstreamClient(config.upstream))
@@ -120,8 +124,12 @@ class ProxyApp:
         self.other = Starlette(routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", self.serve_metrics, methods=["GET"]),
         ], lifespan=lifespan)
         self.other.state.proxy = self.ctx
+
+    async def serve_metrics(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = self.mcp_routes.get(scope["path"]) if scope["type"] == "http" else None

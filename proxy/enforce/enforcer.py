@@ -19,6 +19,7 @@ from typing import Any
 
 from ..config import Server
 from ..observe.decision_log import DecisionLog
+from ..observe.metrics import Metrics
 from ..policy.engine import Decision, PolicyEngine, PolicyError, to_decision
 from ..protocol import jsonrpc
 from ..protocol.jsonrpc import Kind, Message
@@ -67,8 +68,13 @@ def tool_error(request_id: Any, reasons: tuple[str, ...]) -> dict[str, Any]:
 
 class Enforcer:
     def __init__(self, policy: PolicySet, servers: tuple[Server, ...], decision_log: DecisionLog, *,
-                 mode: str = "enforce", clock: Callable[[], float] = time.time) -> None:
+                 mode: str = "enforce", clock: Callable[[], float] = time.time,
+                 metrics: Metrics | None = None) -> None:
         self.policy = policy
+        self.metrics = metrics or Metrics()
+        self._mode = mode
+        self._eval_seconds = {"embedded": self.metrics.evaluation.labels("embedded"),
+                              "opa": self.metrics.evaluation.labels("opa")}
         self.dry_run = mode == "dry_run"
         self._servers = {s.name: server_input(s) for s in servers}
         self._log = decision_log
@@ -186,11 +192,14 @@ class Enforcer:
         try:
             decision = to_decision(await engine.evaluate(input))
             result: Any = decision.result
+            outcome = "allow" if decision.allow else "deny"
         except PolicyError as exc:
             log.warning("policy evaluation failed (%s engine): %s", engine.name, exc)
-            decision, result = None, {"error": str(exc)}
+            decision, result, outcome = None, {"error": str(exc)}, "error"
+            self.metrics.errors.labels(engine.name).inc()
         elapsed = time.perf_counter_ns() - start
+        self._eval_seconds[engine.name].observe(elapsed / 1e9)
+        self.metrics.decision(input["server"]["name"], outcome, self._mode)
         self._log.log(decision_id, input["time"], input, result, elapsed,
-                      {"engine": engine.name, "revision": engine.revision, "mode": "dry_run" if self.dry_run
-                       else "enforce"})
+                      {"engine": engine.name, "revision": engine.revision, "mode": self._mode})
         return decision, decision_id

@@ -17,6 +17,7 @@ from typing import Protocol
 from ..config import Policy
 from ..enforce.catalog import Catalog
 from ..enforce.enforcer import PolicySet
+from ..observe.metrics import Metrics
 from .embedded import EmbeddedEngine
 from .engine import PolicyEngine
 from .loader import DATA_FILES, PolicyLoadError, load_bundle
@@ -71,9 +72,12 @@ class PolicyManager:
             policy = build_policy_set(self.config)
         except PolicyLoadError as exc:
             self.failures += 1
+            self.holder.metrics.reloads.labels("failure").inc()
             log.error("policy reload rejected, the previous version stays in force: %s", exc)
             return False
         self.holder.policy = policy
+        self.holder.metrics.reloads.labels("success").inc()
+        self.holder.metrics.policy_in_force(policy.engine.revision)
         log.info("policy reloaded: revision %s", policy.engine.revision)
         return True
 
@@ -85,6 +89,7 @@ class PolicyManager:
 
 
 class PolicyHolder(Protocol):
-    """Anything holding the policy set in force (the Enforcer)."""
+    """Anything holding the policy set in force (the Enforcer), and its metrics."""
 
     policy: PolicySet
+    metrics: Metrics

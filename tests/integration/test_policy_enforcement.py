@@ -100,6 +100,10 @@ async def test_dry_run_decides_and_logs_but_never_blocks(stack, tmp_path_factory
         assert "create_a_missive_post" in await client.tool_names()
         assert (await client.call_text("create_a_missive_post", {"conversation": "c", "text": "secret"})
                 ).startswith("post-")
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"{proxy.base}/metrics")).text
+    assert 'mcp_proxy_policy_decisions_total{mode="dry_run",outcome="deny",server="triage"} 1.0' in metrics
+    assert 'mcp_proxy_policy_bundle_info{revision="' in metrics
     proxy.stop()  # flushes the decision log
     entries = [json.loads(line) for line in log_path.read_text().splitlines()]
     call = next(e for e in entries if (e["input"].get("tool") or {}).get("name") == "create_a_missive_post")

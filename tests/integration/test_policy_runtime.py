@@ -106,6 +106,10 @@ async def test_hot_reload_on_change_keeps_the_last_good_policy(sdk_upstream, pro
 
     extra.unlink()
     assert await _wait_for(lambda: _equals(proxy.url, READ_TOOLS))
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"{proxy.base}/metrics")).text
+    assert 'mcp_proxy_policy_reloads_total{result="failure"} 1.0' in metrics
+    assert 'mcp_proxy_policy_reloads_total{result="success"} 2.0' in metrics
 
 
 async def test_sighup_reloads(sdk_upstream, proxy_for, tmp_path):
