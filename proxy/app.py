@@ -133,7 +133,7 @@ class ProxyApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = self.mcp_routes.get(scope["path"]) if scope["type"] == "http" else None
-        if handler is None:
+        if handler is None or self.ctx.config.default_server is None:  # token paths: the auth issue
             await self.other(scope, receive, send)
             return
         request = Request(scope, receive)

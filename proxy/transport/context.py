@@ -27,7 +27,7 @@ class ProxyContext:
     def server_for(self, request: Request) -> Server:
         """The virtual server a request addresses (URL tokens route here once auth lands)."""
         server = self.config.default_server
-        assert server is not None
+        assert server is not None, "ProxyApp routes MCP paths only when a default server exists"
         return server
 
     def upstream_error(self, exc: UpstreamError, request_id: Any = None) -> BodyResponse:
