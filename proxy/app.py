@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +23,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from .auth.authenticator import Access, Authenticator, AuthFailure, TokenVerifier
+from .auth.resource import WELL_KNOWN, challenge, metadata, origin
+from .auth.sessions import SessionBinder
 from .config import Config, is_loopback
 from .enforce.enforcer import Enforcer
 from .enforce.pipeline import Pipeline
@@ -33,7 +38,7 @@ from .transport.context import ProxyContext
 from .transport.intake import error_response
 from .transport.upstream import UpstreamClient
 
-Handler = Callable[[ProxyContext, Request], Awaitable[Any]]
+Handler = Callable[[ProxyContext, Request, Access], Awaitable[Any]]
 log = logging.getLogger("mcp_policy_proxy.app")
 
 
@@ -92,14 +97,11 @@ class ProxyApp:
                                 metrics=self.metrics)
             self.policy_manager = PolicyManager(config.policy, enforcer)
             pipeline = enforcer
-        self.ctx = ProxyContext(config, pipeline, UpstreamClient(config.upstream))
+        self.ctx = ProxyContext(config, pipeline, UpstreamClient(config.upstream), session_binder(config))
         self.allowed_origins = allowed_origins(config)
-        self.mcp_routes: dict[str, Handler] = {
-            "/mcp": streamable.handle,
-            "/sse": legacy_sse.open_stream,
-            "/messages/": legacy_sse.post_message,
-            "/messages": legacy_sse.post_message,
-        }
+        self.jwt = jwt_verifier(config)
+        anonymous = config.auth.anonymous or not config.auth.configured
+        self.authenticator = Authenticator(config, self.jwt, anonymous=anonymous, clock=clock)
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -119,34 +121,111 @@ class ProxyApp:
                 if manager is not None:
                     await manager.holder.policy.engine.close()
                 await self.ctx.upstream.close()
+                if self.jwt is not None:
+                    await self.jwt.close()  # type: ignore[attr-defined]
                 self.decision_log.close()
 
         self.other = Starlette(routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", self.serve_metrics, methods=["GET"]),
+            Route(WELL_KNOWN, self.serve_metadata, methods=["GET"]),
+            Route(WELL_KNOWN + "/{endpoint:path}", self.serve_metadata, methods=["GET"]),
         ], lifespan=lifespan)
         self.other.state.proxy = self.ctx
 
     async def serve_metrics(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
+    async def serve_metadata(self, request: Request) -> Response:
+        endpoint = request.path_params.get("endpoint", "").strip("/")
+        if endpoint not in ("", "mcp", "sse"):
+            return Response(b"Not Found", 404, media_type="text/plain")
+        doc = metadata(self.ctx.config, self.base_url(request), f"/{endpoint}" if endpoint else "")
+        return JSONResponse(doc)
+
+    def base_url(self, request: Request) -> str:
+        if self.ctx.config.public_url:
+            return origin(self.ctx.config.public_url)
+        return f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = self.mcp_routes.get(scope["path"]) if scope["type"] == "http" else None
-        if handler is None or self.ctx.config.default_server is None:  # token paths: the auth issue
+        target = route(scope["path"]) if scope["type"] == "http" else None
+        if target is None:
             await self.other(scope, receive, send)
             return
+        kind, url_token = target
         request = Request(scope, receive)
-        origin = request.headers.get("origin")
-        if origin is not None and not origin_allowed(origin, self.allowed_origins):
-            response = error_response(403, jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Origin not allowed"))
-        else:
-            try:
-                response = await handler(self.ctx, request)
-            except Exception:
-                log.exception("request failed")
-                response = error_response(500, jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "Internal error"))
+        try:
+            response = await self.serve_mcp(request, kind, url_token)
+        except Exception:
+            log.exception("request failed")
+            response = error_response(500, jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "Internal error"))
         await response(scope, receive, send)
+
+    async def serve_mcp(self, request: Request, kind: str, url_token: str | None) -> Any:
+        origin_header = request.headers.get("origin")
+        if origin_header is not None and not origin_allowed(origin_header, self.allowed_origins):
+            return error_response(403, jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Origin not allowed"))
+        try:
+            access = await self.authenticator.authenticate(url_token, request.headers.get("authorization"))
+        except AuthFailure as failure:
+            return self.refuse(request, kind, failure)
+        return await HANDLERS[kind](self.ctx, request, access)
+
+    def refuse(self, request: Request, kind: str, failure: AuthFailure) -> Any:
+        self.metrics.auth_failure(failure.server or "unknown", failure.reason)
+        if failure.status == 404:  # an unknown URL token looks exactly like an unknown path
+            return Response(b"Not Found", 404, media_type="text/plain")
+        endpoint = "/sse" if kind in ("sse", "messages") else "/mcp"
+        url = f"{self.base_url(request)}{WELL_KNOWN}{endpoint}"
+        body = jsonrpc.error_response(None, jsonrpc.FORBIDDEN, "Unauthorized",
+                                      {"error": failure.error or "unauthorized", "reason": failure.reason})
+        return error_response(401, body, headers={"www-authenticate": challenge(failure, url)})
+
+
+HANDLERS: dict[str, Handler] = {
+    "mcp": streamable.handle,
+    "sse": legacy_sse.open_stream,
+    "messages": legacy_sse.post_message,
+}
+
+
+def route(path: str) -> tuple[str, str | None] | None:
+    """(endpoint kind, URL token) for the MCP paths: /mcp, /sse, /messages/, /<token>/mcp,
+    /<token>/sse, /<token>/messages/ and the seed-style /mcp/<token>; None for anything else."""
+    parts = path.strip("/").split("/")
+    if len(parts) == 1 and parts[0] in HANDLERS:
+        return parts[0], None
+    if len(parts) == 2 and parts[0] and parts[1]:
+        if parts[0] == "mcp":
+            return "mcp", parts[1]
+        if parts[1] in HANDLERS:
+            return parts[1], parts[0]
+    return None
+
+
+def jwt_verifier(config: Config) -> TokenVerifier | None:
+    jwt = config.auth.jwt
+    if jwt is None:
+        return None
+    from .auth.jwt_verifier import JWTVerifier  # the crypto stack only where JWTs are configured
+
+    audience = jwt.audience or config.public_url
+    assert audience is not None  # config validation requires one
+    return JWTVerifier(issuer=jwt.issuer, audience=audience, jwks_url=jwt.jwks_url, algorithms=list(jwt.algorithms),
+                       leeway_s=jwt.leeway_s)
+
+
+def session_binder(config: Config) -> SessionBinder:
+    """Keyed by auth.session_key, else derived from the URL token key, else random (one replica)."""
+    if config.auth.session_key:
+        key = config.auth.session_key.encode()
+    elif config.auth.url_token_key:
+        key = hmac.new(config.auth.url_token_key.encode(), b"mcp-policy-proxy session binding", "sha256").digest()
+    else:
+        key = os.urandom(32)
+    return SessionBinder(key)
 
 
 def create_app(config: Config, pipeline: Pipeline | None = None, *,

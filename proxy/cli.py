@@ -1,4 +1,4 @@
-"""Command line: `mcp-policy-proxy serve | policy test | policy eval | config check`.
+"""Command line: `mcp-policy-proxy serve | token create | policy test | policy eval | config check`.
 
 Exit codes: 0 ok, 2 usage or configuration error (the message names file and key), 1 runtime failure.
 """
@@ -34,6 +34,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
+    tok = sub.add_parser("token", help="URL tokens")
+    tok_sub = tok.add_subparsers(dest="token_command", required=True)
+    create = tok_sub.add_parser("create", help="mint a URL token: prints the URL once and the config entry")
+    create.add_argument("--server", required=True, help="server name")
+    create.add_argument("--methods", default="read", help="comma-separated (default: read)")
+    create.add_argument("--tags", default="", help="comma-separated tool tags (default: all)")
+    create.add_argument("--expires-at", help="RFC 3339 instant, e.g. 2026-12-31T23:59:59Z")
+    create.add_argument("--require-api-token-auth", action="store_true", help="also require a bearer token")
+    create.add_argument("--config", help="take auth.url_token_key and public_url from this config")
+    create.add_argument("--base-url", help="the proxy's public URL (default: public_url, else http://127.0.0.1:8080)")
+
     pol = sub.add_parser("policy", help="policy tools")
     pol_sub = pol.add_subparsers(dest="policy_command", required=True)
     ptest = pol_sub.add_parser("test", help="run every Rego test (test_* rules) with the embedded engine")
@@ -58,14 +69,9 @@ def _serve_config(args: argparse.Namespace) -> Config:
     return load(args.config or os.environ.get(CONFIG_ENV) or None, overrides)
 
 
-def auth_configured(config: Config) -> bool:
-    a = config.auth
-    return bool(a.url_token_key or a.api_tokens or a.jwt)
-
-
 def check_exposure(config: Config) -> str | None:
     """Refuse to serve anonymous clients beyond loopback unless the operator said so explicitly."""
-    if auth_configured(config) or config.auth.anonymous:
+    if config.auth.configured or config.auth.anonymous:
         return None
     if config.loopback_only:
         log.warning("no authentication configured: serving anonymous clients on loopback (%s) only",
@@ -93,6 +99,37 @@ def serve(config: Config, log_level: str) -> int:
         app, host=config.listen.host, port=config.listen.port, log_level=log_level,
         loop="uvloop", http="httptools", access_log=False, server_header=False, lifespan="on",
     )
+    return 0
+
+
+def token_create(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .auth.tokens import mint_token, url_token_hmac
+
+    config = load(args.config) if args.config else None
+    key = config.auth.url_token_key if config else os.environ.get("URL_TOKEN_KEY")
+    if not key:
+        print("mcp-policy-proxy: token create: no URL token key (give --config with auth.url_token_key, "
+              "or set URL_TOKEN_KEY)", file=sys.stderr)
+        return 2
+    entry: dict[str, Any] = {"name": args.server, "token_hmac": None,
+                             "methods": [m for m in args.methods.split(",") if m]}
+    if args.tags:
+        entry["tags"] = [t for t in args.tags.split(",") if t]
+    if args.require_api_token_auth:
+        entry["require_api_token_auth"] = True
+    if args.expires_at:
+        entry["expires_at"] = args.expires_at
+    load(None, {"upstream.url": "http://127.0.0.1/mcp", "auth.url_token_key": key,
+                "servers": [{**entry, "token_hmac": "0" * 64}]})  # validates the entry, naming the key
+    token = mint_token()
+    entry["token_hmac"] = url_token_hmac(key, token)
+    base = (args.base_url or (config.public_url if config else None) or "http://127.0.0.1:8080").rstrip("/")
+    print("URL (shown once: store it like a password; the proxy keeps only its HMAC):")
+    print(f"  {base}/{token}/mcp        (legacy SSE: {base}/{token}/sse)\n")
+    print("Add to servers: in the config:")
+    print(yaml.safe_dump([entry], sort_keys=False).rstrip())
     return 0
 
 
@@ -140,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(_serve_config(args), args.log_level)
+        if args.command == "token":
+            return token_create(args)
         if args.command == "policy":
             if args.policy_command == "test":
                 return policy_test(args.paths)

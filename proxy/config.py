@@ -83,11 +83,27 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class Jwt:
+    issuer: str
+    jwks_url: str
+    audience: str | None = None  # default: public_url (RFC 8707: the proxy's canonical URL)
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    leeway_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class Auth:
     anonymous: bool = False
     url_token_key: str | None = None
     api_tokens: tuple[dict[str, Any], ...] = ()
-    jwt: dict[str, Any] | None = None
+    jwt: Jwt | None = None
+    session_key: str | None = None  # binds session ids to principals; shared by every replica
+    authorization_servers: tuple[str, ...] = ()  # RFC 9728 metadata; default: the JWT issuer
+    scopes_supported: tuple[str, ...] = ()
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url_token_key or self.api_tokens or self.jwt)
 
 
 @dataclass(frozen=True)
@@ -316,10 +332,32 @@ def parse(data: Any, source: str) -> Config:
     au = root.child("auth")
     api_tokens = au.get("api_tokens", list, [])
     for i, tok in enumerate(api_tokens):
-        if not isinstance(tok, dict):
-            raise au.err(f"api_tokens[{i}]", "must be a mapping with name and sha256")
-    auth = Auth(anonymous=au.get("anonymous", bool, False), url_token_key=au.get("url_token_key", str),
-                api_tokens=tuple(api_tokens), jwt=au.get("jwt", dict))
+        if not (isinstance(tok, dict) and isinstance(tok.get("name"), str)
+                and isinstance(tok.get("sha256"), str) and re.fullmatch(r"[0-9a-fA-F]{64}", tok["sha256"])):
+            raise au.err(f"api_tokens[{i}]", "must be a mapping with name and sha256 (64 hex digits)")
+    jwt = None
+    if au.data.get("jwt") is not None:
+        jw = au.child("jwt")
+        issuer, jwks_url = jw.get("issuer", str), jw.url("jwks_url", required=True)
+        if not issuer:
+            raise jw.err("issuer", "is required")
+        algorithms = jw.strings("algorithms") or Jwt.algorithms
+        bad = [a for a in algorithms if a.lower() == "none" or a.upper().startswith("HS")]
+        if bad:
+            raise jw.err("algorithms", f"{bad[0]} is not allowed (tokens are verified with public keys)")
+        assert jwks_url is not None
+        jwt = Jwt(issuer=issuer, jwks_url=jwks_url, audience=jw.get("audience", str), algorithms=algorithms,
+                  leeway_s=jw.get("leeway_s", float, 30.0))
+        jw.done()
+    else:
+        au.used.add("jwt")
+    url_token_key = au.get("url_token_key", str)
+    if url_token_key is not None and len(url_token_key) < 16:
+        raise au.err("url_token_key", "must be at least 16 characters (use a random 32-byte secret)")
+    auth = Auth(anonymous=au.get("anonymous", bool, False), url_token_key=url_token_key,
+                api_tokens=tuple(api_tokens), jwt=jwt, session_key=au.get("session_key", str),
+                authorization_servers=au.strings("authorization_servers"),
+                scopes_supported=au.strings("scopes_supported"))
     au.done()
 
     raw_servers = root.get("servers", list, None)
@@ -335,6 +373,12 @@ def parse(data: Any, source: str) -> Config:
                 raise ConfigError(source, f"servers[{i}].name", f"duplicate server name {s.name!r}")
         if sum(s.token_hmac is None for s in servers) > 1:
             raise root.err("servers", "at most one server may lack token_hmac (it is served at /mcp and /sse)")
+        for i, s in enumerate(servers):
+            if s.require_api_token_auth and not (auth.api_tokens or auth.jwt):
+                raise ConfigError(source, f"servers[{i}].require_api_token_auth",
+                                  "needs bearer credentials: configure auth.api_tokens or auth.jwt")
+        if any(s.token_hmac for s in servers) and not auth.url_token_key:
+            raise ConfigError(source, "auth.url_token_key", "is required when a server has a token_hmac")
 
     dl = root.child("decision_log")
     sink = dl.get("sink", str, "stdout")
@@ -343,8 +387,11 @@ def parse(data: Any, source: str) -> Config:
     decision_log = {"sink": sink, "redact_arguments": dl.get("redact_arguments", bool, True)}
     dl.done()
 
+    public_url = root.url("public_url")
+    if auth.jwt is not None and not (auth.jwt.audience or public_url):
+        raise ConfigError(source, "auth.jwt.audience", "is required (or set public_url, the default audience)")
     config = Config(
-        upstream=upstream, listen=listen, public_url=root.url("public_url"),
+        upstream=upstream, listen=listen, public_url=public_url,
         allowed_origins=root.strings("allowed_origins"), limits=limits, policy=policy, auth=auth,
         servers=servers, rate_limit=root.get("rate_limit", dict, {}), decision_log=decision_log, source=source,
     )

@@ -14,6 +14,15 @@ class Principal:
     claims: dict[str, Any] = field(default_factory=dict)
     scopes: tuple[str, ...] = ()
 
+    @property
+    def identity(self) -> str:
+        """Who this is, for binding sessions: the strongest credential's subject."""
+        if "jwt" in self.via:
+            return f"jwt:{self.claims.get('iss', '')}:{self.subject or ''}"
+        if "api_token" in self.via:
+            return f"api_token:{self.subject or ''}"
+        return "url_token" if "url_token" in self.via else "anonymous"
+
     def to_input(self) -> dict[str, Any]:
         return {"authenticated": self.authenticated, "via": list(self.via), "subject": self.subject,
                 "claims": self.claims, "scopes": list(self.scopes)}

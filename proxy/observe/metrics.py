@@ -28,6 +28,8 @@ class Metrics:
         self.reloads = Counter("mcp_proxy_policy_reloads_total", "Policy reloads, by result", ["result"], registry=r)
         self.bundle = Gauge("mcp_proxy_policy_bundle_info", "The policy revision in force", ["revision"], registry=r)
         Gauge("mcp_proxy_build_info", "Version of the proxy", ["version"], registry=r).labels(__version__).set(1)
+        self.auth_failures = Counter("mcp_proxy_auth_failures_total", "Requests refused by authentication",
+                                     ["server", "reason"], registry=r)
         self._decision_children: dict[tuple[str, str, str], Counter] = {}
 
     def decision(self, server: str, outcome: str, mode: str) -> None:
@@ -36,6 +38,9 @@ class Metrics:
         if child is None:
             child = self._decision_children[key] = self.decisions.labels(*key)
         child.inc()
+
+    def auth_failure(self, server: str, reason: str) -> None:
+        self.auth_failures.labels(server, reason).inc()
 
     def policy_in_force(self, revision: str) -> None:
         self.bundle.clear()

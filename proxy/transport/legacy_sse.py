@@ -18,6 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 from starlette.requests import Request
 
+from ..auth.authenticator import Access
 from ..enforce.pipeline import Channel
 from ..protocol import jsonrpc
 from ..protocol.headers import client_response_headers, upstream_request_headers
@@ -53,11 +54,11 @@ def _same_origin(a: str, b: str) -> bool:
     return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
 
 
-async def open_stream(ctx: ProxyContext, request: Request) -> Any:
+async def open_stream(ctx: ProxyContext, request: Request, access: Access) -> Any:
     sse_url = ctx.config.upstream.sse_url
     if sse_url is None:
         return BodyResponse(404, [], b"Legacy SSE is not configured (upstream.sse_url)")
-    channel = Channel("legacy_sse", ctx.server_for(request), "GET", None, request.headers.get("origin"))
+    channel = Channel("legacy_sse", access.server, "GET", None, request.headers.get("origin"), access.principal)
     headers = upstream_request_headers(request.headers.items(), ctx.upstream.headers)
     try:
         resp = await ctx.upstream.send("GET", sse_url, headers)
@@ -103,12 +104,14 @@ async def open_stream(ctx: ProxyContext, request: Request) -> Any:
     return StreamResponse(200, client_response_headers(resp.headers), stream())
 
 
-async def post_message(ctx: ProxyContext, request: Request) -> Any:
+async def post_message(ctx: ProxyContext, request: Request, access: Access) -> Any:
     session_id = request.query_params.get("session_id")
     if not session_id:
         return protocol_error_response(ProtocolError(INVALID_REQUEST, "session_id is required"))
     session = ctx.legacy_sessions.get(session_id)
-    if session is None or session.upstream_url is None:
+    # A session is bound to the principal and server that opened it: anyone else finds nothing.
+    if (session is None or session.upstream_url is None or session.channel.server is not access.server
+            or session.channel.principal.identity != access.principal.identity):
         return BodyResponse(404, [(b"content-type", b"text/plain")], b"Could not find session")
     try:
         msg, verdict = await admit(request, session.channel, ctx.pipeline, ctx.config.limits.max_body_bytes)

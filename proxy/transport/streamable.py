@@ -12,8 +12,10 @@ from typing import Any
 
 from starlette.requests import Request
 
+from ..auth.authenticator import Access
 from ..enforce.pipeline import Channel
-from ..protocol.headers import PROTOCOL_VERSION, upstream_request_headers
+from ..protocol import jsonrpc
+from ..protocol.headers import PROTOCOL_VERSION, SESSION_ID, upstream_request_headers
 from ..protocol.jsonrpc import ProtocolError
 from .context import ProxyContext
 from .intake import admit, error_response, protocol_error_response
@@ -23,10 +25,15 @@ from .upstream import UpstreamError
 _ALLOWED = "GET, POST, DELETE"
 
 
-async def handle(ctx: ProxyContext, request: Request) -> Any:
-    server = ctx.server_for(request)
-    channel = Channel("streamable_http", server, request.method, request.headers.get(PROTOCOL_VERSION),
-                      request.headers.get("origin"))
+async def handle(ctx: ProxyContext, request: Request, access: Access) -> Any:
+    channel = Channel("streamable_http", access.server, request.method, request.headers.get(PROTOCOL_VERSION),
+                      request.headers.get("origin"), access.principal)
+    identity, server_name = access.principal.identity, access.server.name
+    upstream_session: str | None = None
+    if (presented := request.headers.get(SESSION_ID)) is not None:
+        upstream_session = ctx.sessions.unwrap(identity, server_name, presented)
+        if upstream_session is None:  # another principal's session, or a forged one: unknown here
+            return error_response(404, jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Session not found"))
     body: bytes | None = None
     request_id = None
     if request.method == "POST":
@@ -43,9 +50,14 @@ async def handle(ctx: ProxyContext, request: Request) -> Any:
         return BodyResponse(405, [(b"allow", _ALLOWED.encode())], b"")
 
     headers = upstream_request_headers(request.headers.items(), ctx.upstream.headers)
+    if upstream_session is not None:
+        headers[SESSION_ID] = upstream_session
     try:
         resp = await ctx.upstream.send(request.method, ctx.config.upstream.url, headers, body)
-        return await relay(channel, ctx.pipeline, resp, max_event_bytes=ctx.config.limits.max_sse_event_bytes,
-                           timeout_s=ctx.config.upstream.timeout_s)
+        response = await relay(channel, ctx.pipeline, resp, max_event_bytes=ctx.config.limits.max_sse_event_bytes,
+                               timeout_s=ctx.config.upstream.timeout_s)
     except UpstreamError as exc:
         return ctx.upstream_error(exc, request_id=request_id)
+    response.headers = [(n, ctx.sessions.wrap(identity, server_name, v.decode("latin-1")).encode("latin-1"))
+                        if n == b"mcp-session-id" else (n, v) for n, v in response.headers]
+    return response

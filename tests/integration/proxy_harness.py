@@ -41,9 +41,9 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def start_proxy(workdir: Path, upstream_base: str, extra: dict[str, Any] | None = None,
-                env: dict[str, str] | None = None) -> Proxy:
+                env: dict[str, str] | None = None, port: int | None = None) -> Proxy:
     """The proxy in front of `upstream_base` (`/mcp` and `/sse` beneath it), with config `extra` merged in."""
-    port = free_port()
+    port = port or free_port()
     config = merge({
         "listen": {"host": "127.0.0.1", "port": port},
         "upstream": {"url": f"{upstream_base}/mcp", "sse_url": f"{upstream_base}/sse",

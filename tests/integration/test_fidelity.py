@@ -38,21 +38,32 @@ async def test_every_upstream_status_and_body_is_relayed(echo_stack, status):
     assert r.json()["body"] == '{"jsonrpc":"2.0","id":1,"method":"ping"}'
 
 
+async def bound_session(proxy, upstream_id: str) -> str:
+    """The session id the client sees for `upstream_id`: bound to this (anonymous) principal."""
+    async with httpx.AsyncClient() as http:
+        r = await http.post(proxy.url, json=PING, headers={**HEADERS, "x-test-header-mcp-session-id": upstream_id})
+    client_id = r.headers["mcp-session-id"]
+    assert client_id.startswith(upstream_id + ".")
+    return client_id
+
+
 async def test_request_headers_forwarded_and_stripped(echo_stack):
     port, proxy = echo_stack
+    session = await bound_session(proxy, "s-1")
     meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
     call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
             "params": {"name": "echo", "arguments": {"region": "eu"}, "_meta": meta}}
     sent = {**HEADERS, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "echo",
-            "mcp-param-region": "eu", "mcp-session-id": "s-1", "last-event-id": "e-9",
+            "mcp-param-region": "eu", "mcp-session-id": session, "last-event-id": "e-9",
             "authorization": "Bearer client-secret", "cookie": "sid=client", "connection": "keep-alive, x-hop",
             "x-hop": "1", "te": "trailers", "proxy-authorization": "Basic eA==", "x-custom": "kept"}
     async with httpx.AsyncClient() as http:
         r = await http.post(proxy.url, json=call, headers=sent)
     got = r.json()["headers"]
-    for name in ("mcp-protocol-version", "mcp-method", "mcp-name", "mcp-param-region", "mcp-session-id",
+    for name in ("mcp-protocol-version", "mcp-method", "mcp-name", "mcp-param-region",
                  "last-event-id", "x-custom", "accept", "content-type"):
         assert got[name] == sent[name], name
+    assert got["mcp-session-id"] == "s-1"  # the upstream's own id, unwrapped
     for name in ("cookie", "x-hop", "te", "proxy-authorization", "connection", "origin"):
         assert name not in got, name
     assert got["authorization"] == "Bearer upstream-credential"
@@ -63,12 +74,13 @@ async def test_request_headers_forwarded_and_stripped(echo_stack):
 
 async def test_get_and_delete_are_relayed(echo_stack):
     _, proxy = echo_stack
+    session = await bound_session(proxy, "s-2")
     async with httpx.AsyncClient() as http:
-        r = await http.get(proxy.url, headers={"accept": "text/event-stream", "mcp-session-id": "s-2",
+        r = await http.get(proxy.url, headers={"accept": "text/event-stream", "mcp-session-id": session,
                                                "x-test-status": "405"})
         assert r.status_code == 405 and r.json()["method"] == "GET"
         assert r.json()["headers"]["mcp-session-id"] == "s-2"
-        r = await http.delete(proxy.url, headers={"mcp-session-id": "s-2"})
+        r = await http.delete(proxy.url, headers={"mcp-session-id": session})
         assert r.status_code == 200 and r.json()["method"] == "DELETE"
         r = await http.put(proxy.url, json=PING)
         assert r.status_code == 405 and r.headers["allow"] == "GET, POST, DELETE"
@@ -77,7 +89,6 @@ async def test_get_and_delete_are_relayed(echo_stack):
 @pytest.mark.parametrize(("mode", "headers", "body", "status"), [
     ("stateful-sse", {"accept": "text/html"}, INIT, 406),
     ("stateful-json", {}, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, 400),  # no session
-    ("stateful-json", {"mcp-session-id": "nope"}, PING, 404),
     ("stateful-sse", {"content-type": "text/plain"}, PING, 400),
 ])
 async def test_sdk_server_statuses_are_relayed(sdk_upstream, proxy_for, mode, headers, body, status):

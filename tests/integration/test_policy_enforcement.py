@@ -179,7 +179,8 @@ async def test_batch_mixing_allowed_and_denied_calls_is_refused_whole(stack):
 
 async def test_no_server_without_a_token_means_no_plain_mcp_endpoint(sdk_upstream, proxy_for):
     upstream = sdk_upstream("stateless-json")
-    proxy = proxy_for(upstream.base, {"servers": [{"name": "tokened", "token_hmac": "0" * 64, "methods": ["read"]}]})
+    proxy = proxy_for(upstream.base, {"auth": {"url_token_key": "k" * 32},
+                                      "servers": [{"name": "tokened", "token_hmac": "0" * 64, "methods": ["read"]}]})
     async with httpx.AsyncClient() as http:
         r = await http.post(proxy.url, headers=HEADERS, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
         assert r.status_code == 404

@@ -153,11 +153,12 @@ async def test_expiry_flips_access_at_the_configured_second(sdk_upstream):
             now[0] = expires.timestamp() - 0.001  # still the second before
             assert "c-1" in await client.call_text("list_all_missive_conversations", {})
             now[0] = expires.timestamp()
-            result = await client.call_tool("list_all_missive_conversations", {})
-            assert result.is_error and "expired at 2026-12-31T23:59:59Z" in result.content[0].text
-            with pytest.raises(MCPError) as err:
-                await client.list_tools()
-            assert err.value.error.code == -32001
+            # From that second the server answers 401 (the authenticator), before any policy runs.
+            async with httpx.AsyncClient() as http:
+                r = await http.post(f"http://127.0.0.1:{port}/mcp", headers=HEADERS, json=CALL)
+            assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+            with pytest.raises(Exception):  # noqa: B017  (the SDK surfaces the 401 as its own error)
+                await client.call_tool("list_all_missive_conversations", {})
     finally:
         server.should_exit = True
         await task

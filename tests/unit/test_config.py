@@ -19,7 +19,7 @@ def test_defaults_without_a_file_give_one_default_server(tmp_path):
 def test_env_expansion_and_secret_files(tmp_path, monkeypatch):
     monkeypatch.setenv("UP_TOKEN", "t0k")
     secret = tmp_path / "key"
-    secret.write_text("hmac-key\n")
+    secret.write_text("hmac-key-of-32-characters-000000\n")
     path = write(tmp_path, f"""
 upstream:
   url: http://127.0.0.1:3000/mcp
@@ -29,7 +29,7 @@ auth:
 """)
     config = load(path)
     assert config.upstream.headers == {"authorization": "Bearer t0k"}
-    assert config.auth.url_token_key == "hmac-key"
+    assert config.auth.url_token_key == "hmac-key-of-32-characters-000000"
 
 
 @pytest.mark.parametrize(("text", "key", "fragment"), [
