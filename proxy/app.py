@@ -214,7 +214,8 @@ def jwt_verifier(config: Config) -> TokenVerifier | None:
     audience = jwt.audience or config.public_url
     assert audience is not None  # config validation requires one
     return JWTVerifier(issuer=jwt.issuer, audience=audience, jwks_url=jwt.jwks_url, algorithms=list(jwt.algorithms),
-                       leeway_s=jwt.leeway_s)
+                       leeway_s=jwt.leeway_s, jwks_cache_s=jwt.jwks_cache_s,
+                       min_refetch_interval_s=jwt.min_refetch_interval_s)
 
 
 def session_binder(config: Config) -> SessionBinder:

@@ -89,6 +89,8 @@ class Jwt:
     audience: str | None = None  # default: public_url (RFC 8707: the proxy's canonical URL)
     algorithms: tuple[str, ...] = ("RS256", "ES256")
     leeway_s: float = 30.0
+    jwks_cache_s: float = 300.0  # how long fetched keys are used before the JWKS is fetched again
+    min_refetch_interval_s: float = 10.0  # an unknown kid refetches at most this often
 
 
 @dataclass(frozen=True)
@@ -347,7 +349,8 @@ def parse(data: Any, source: str) -> Config:
             raise jw.err("algorithms", f"{bad[0]} is not allowed (tokens are verified with public keys)")
         assert jwks_url is not None
         jwt = Jwt(issuer=issuer, jwks_url=jwks_url, audience=jw.get("audience", str), algorithms=algorithms,
-                  leeway_s=jw.get("leeway_s", float, 30.0))
+                  leeway_s=jw.get("leeway_s", float, 30.0), jwks_cache_s=jw.positive("jwks_cache_s", float, 300.0),
+                  min_refetch_interval_s=jw.get("min_refetch_interval_s", float, 10.0))
         jw.done()
     else:
         au.used.add("jwt")
