@@ -29,6 +29,7 @@ from .auth.sessions import SessionBinder
 from .config import Config, is_loopback
 from .enforce.enforcer import Enforcer
 from .enforce.pipeline import Pipeline
+from .observe import access_log
 from .observe.decision_log import DecisionLog
 from .observe.metrics import Metrics
 from .policy.manager import PolicyManager, build_policy_set
@@ -36,6 +37,7 @@ from .protocol import jsonrpc
 from .transport import legacy_sse, streamable
 from .transport.context import ProxyContext
 from .transport.intake import error_response
+from .transport.paths import route
 from .transport.upstream import UpstreamClient
 
 Handler = Callable[[ProxyContext, Request, Access], Awaitable[Any]]
@@ -89,6 +91,9 @@ class ProxyApp:
         self.decision_log = DecisionLog(config.decision_log["sink"],
                                         redact_arguments=config.decision_log["redact_arguments"])
         self.metrics = Metrics()
+        for server in config.servers:
+            if server.expires_at is not None:
+                self.metrics.server_expiry.labels(server.name).set(server.expires_at.timestamp())
         self.policy_manager: PolicyManager | None = None
         if pipeline is None:
             policy = build_policy_set(config.policy)
@@ -105,6 +110,7 @@ class ProxyApp:
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            access_log.install()  # here: after uvicorn has configured its loggers
             watcher = None
             manager = self.policy_manager
             if manager is not None:
@@ -189,20 +195,6 @@ HANDLERS: dict[str, Handler] = {
     "sse": legacy_sse.open_stream,
     "messages": legacy_sse.post_message,
 }
-
-
-def route(path: str) -> tuple[str, str | None] | None:
-    """(endpoint kind, URL token) for the MCP paths: /mcp, /sse, /messages/, /<token>/mcp,
-    /<token>/sse, /<token>/messages/ and the seed-style /mcp/<token>; None for anything else."""
-    parts = path.strip("/").split("/")
-    if len(parts) == 1 and parts[0] in HANDLERS:
-        return parts[0], None
-    if len(parts) == 2 and parts[0] and parts[1]:
-        if parts[0] == "mcp":
-            return "mcp", parts[1]
-        if parts[1] in HANDLERS:
-            return parts[1], parts[0]
-    return None
 
 
 def jwt_verifier(config: Config) -> TokenVerifier | None:

@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (overrides listen.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--access-log", action="store_true", help="log every request (URL tokens redacted)")
 
     tok = sub.add_parser("token", help="URL tokens")
     tok_sub = tok.add_subparsers(dest="token_command", required=True)
@@ -81,7 +82,7 @@ def check_exposure(config: Config) -> str | None:
             "is not loopback; configure auth or set auth.anonymous: true")
 
 
-def serve(config: Config, log_level: str) -> int:
+def serve(config: Config, log_level: str, access_log: bool = False) -> int:
     import uvicorn
 
     from .app import create_app
@@ -97,7 +98,7 @@ def serve(config: Config, log_level: str) -> int:
         return 2
     uvicorn.run(
         app, host=config.listen.host, port=config.listen.port, log_level=log_level,
-        loop="uvloop", http="httptools", access_log=False, server_header=False, lifespan="on",
+        loop="uvloop", http="httptools", access_log=access_log, server_header=False, lifespan="on",
     )
     return 0
 
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
-            return serve(_serve_config(args), args.log_level)
+            return serve(_serve_config(args), args.log_level, args.access_log)
         if args.command == "token":
             return token_create(args)
         if args.command == "policy":

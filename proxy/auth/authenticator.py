@@ -36,6 +36,15 @@ class Access:
     server: Server
     principal: Principal
 
+    @property
+    def valid_until(self) -> float | None:
+        """When this access ends by itself (epoch seconds): the server's expiry or the JWT's `exp`."""
+        ends = [self.server.expires_at.timestamp()] if self.server.expires_at else []
+        exp = self.principal.claims.get("exp")
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            ends.append(float(exp))
+        return min(ends) if ends else None
+
 
 def _scopes(claims: Mapping[str, Any]) -> tuple[str, ...]:
     scope = claims.get("scope", claims.get("scp", ()))

@@ -30,6 +30,8 @@ class Metrics:
         Gauge("mcp_proxy_build_info", "Version of the proxy", ["version"], registry=r).labels(__version__).set(1)
         self.auth_failures = Counter("mcp_proxy_auth_failures_total", "Requests refused by authentication",
                                      ["server", "reason"], registry=r)
+        self.server_expiry = Gauge("mcp_proxy_server_expiry_timestamp_seconds", "When a server's access ends",
+                                   ["server"], registry=r)
         self._decision_children: dict[tuple[str, str, str], Counter] = {}
 
     def decision(self, server: str, outcome: str, mode: str) -> None:

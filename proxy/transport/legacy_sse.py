@@ -101,7 +101,9 @@ async def open_stream(ctx: ProxyContext, request: Request, access: Access) -> An
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    return StreamResponse(200, client_response_headers(resp.headers), stream())
+    response = StreamResponse(200, client_response_headers(resp.headers), stream())
+    response.end_at = access.valid_until
+    return response
 
 
 async def post_message(ctx: ProxyContext, request: Request, access: Access) -> Any:

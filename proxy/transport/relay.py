@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ..enforce.pipeline import DROP, Channel, Pipeline
@@ -42,16 +43,23 @@ class BodyResponse:
 
 
 class StreamResponse:
-    """Streams chunks as they come; a client disconnect cancels the source (closing the upstream)."""
+    """Streams chunks as they come. A client disconnect cancels the source (closing the upstream);
+    so does `end_at` (epoch seconds: when the server or the credential expires), which ends the
+    stream cleanly for the client."""
 
-    __slots__ = ("chunks", "headers", "status")
+    __slots__ = ("chunks", "end_at", "headers", "status")
 
     def __init__(self, status: int, headers: RawHeaders, chunks: AsyncIterator[bytes]) -> None:
         self.status, self.headers, self.chunks = status, headers, chunks
+        self.end_at: float | None = None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        started = False
+
         async def pump() -> None:
+            nonlocal started
             await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+            started = True
             async for chunk in self.chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
@@ -60,9 +68,18 @@ class StreamResponse:
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(disconnected())]
+        async def deadline() -> None:
+            end_at = self.end_at
+            if end_at is None:
+                await asyncio.Event().wait()  # never
+            else:
+                await asyncio.sleep(max(0.0, end_at - time.time()))
+
+        tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(disconnected()),
+                 asyncio.ensure_future(deadline())]
+        first: set[asyncio.Future[None]] = set()
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            first, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
                 task.cancel()
@@ -70,6 +87,8 @@ class StreamResponse:
             aclose = getattr(self.chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
+        if first == {tasks[2]} and started:
+            await send({"type": "http.response.body", "body": b""})  # expired: end the stream cleanly
         if tasks[0].done() and not tasks[0].cancelled() and (exc := tasks[0].exception()) is not None:
             raise exc
 

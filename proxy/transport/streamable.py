@@ -19,7 +19,7 @@ from ..protocol.headers import PROTOCOL_VERSION, SESSION_ID, upstream_request_he
 from ..protocol.jsonrpc import ProtocolError
 from .context import ProxyContext
 from .intake import admit, error_response, protocol_error_response
-from .relay import BodyResponse, relay
+from .relay import BodyResponse, StreamResponse, relay
 from .upstream import UpstreamError
 
 _ALLOWED = "GET, POST, DELETE"
@@ -60,4 +60,6 @@ async def handle(ctx: ProxyContext, request: Request, access: Access) -> Any:
         return ctx.upstream_error(exc, request_id=request_id)
     response.headers = [(n, ctx.sessions.wrap(identity, server_name, v.decode("latin-1")).encode("latin-1"))
                         if n == b"mcp-session-id" else (n, v) for n, v in response.headers]
+    if isinstance(response, StreamResponse):
+        response.end_at = access.valid_until
     return response

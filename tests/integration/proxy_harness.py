@@ -41,7 +41,8 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def start_proxy(workdir: Path, upstream_base: str, extra: dict[str, Any] | None = None,
-                env: dict[str, str] | None = None, port: int | None = None) -> Proxy:
+                env: dict[str, str] | None = None, port: int | None = None, log_level: str = "warning",
+                access_log: bool = False) -> Proxy:
     """The proxy in front of `upstream_base` (`/mcp` and `/sse` beneath it), with config `extra` merged in."""
     port = port or free_port()
     config = merge({
@@ -52,6 +53,6 @@ def start_proxy(workdir: Path, upstream_base: str, extra: dict[str, Any] | None 
     }, extra or {})
     path = workdir / f"proxy-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
-    handle = start_server(["proxy", "serve", "--config", str(path), "--log-level", "warning"], port, env,
-                          log_dir=workdir)
+    args = ["proxy", "serve", "--config", str(path), "--log-level", log_level]
+    handle = start_server([*args, "--access-log"] if access_log else args, port, env, log_dir=workdir)
     return Proxy(port, handle, path)

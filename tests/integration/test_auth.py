@@ -48,7 +48,7 @@ def stack(sdk_upstream_module, tmp_path_factory):
         ],
         "decision_log": {"sink": f"file:{workdir / 'decisions.log'}"},
     }
-    proxy = start_proxy(workdir, upstream.base, config, port=port)
+    proxy = start_proxy(workdir, upstream.base, config, port=port, log_level="info", access_log=True)
     yield upstream, legacy, proxy, workdir
     proxy.stop()
 
@@ -178,7 +178,26 @@ async def test_no_secret_in_logs_metrics_or_upstream(stack):
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(f"{proxy.base}/metrics")).text
     proxy.stop()  # flush the decision log
-    texts = [proxy.handle.stderr(), metrics, (workdir / "decisions.log").read_text(),
+    assert "/[redacted]/mcp" in proxy.handle.stdout()  # the access log, with its tokens redacted
+    texts = [proxy.handle.stderr(), proxy.handle.stdout(), metrics, (workdir / "decisions.log").read_text(),
              *(str(r) for r in upstream.requests()), *(str(r) for r in legacy.requests())]
     for secret in SECRETS:
-        assert not any(secret in text for text in texts)
+        leaks = [text[max(0, text.find(secret) - 200):text.find(secret) + 50] for text in texts if secret in text]
+        assert not leaks
+
+
+async def test_open_streams_end_when_the_server_expires(sdk_upstream, tmp_path):
+    legacy = sdk_upstream("legacy-sse")
+    expires = datetime.fromtimestamp(int(time.time()) + 3, UTC)
+    proxy = start_proxy(tmp_path, legacy.base, {"auth": {"url_token_key": KEY}, "servers": [
+        {"name": "temp", "token_hmac": url_token_hmac(KEY, TEMP), "methods": ["read"],
+         "expires_at": expires.isoformat().replace("+00:00", "Z")}]})
+    try:
+        async with httpx.AsyncClient(timeout=10) as http, http.stream("GET", f"{proxy.base}/{TEMP}/sse") as stream:
+            assert stream.status_code == 200
+            async for _ in stream.aiter_lines():  # the endpoint event, pings… until the proxy ends it
+                pass
+            ended = time.time()
+        assert expires.timestamp() - 0.1 <= ended < expires.timestamp() + 1.5
+    finally:
+        proxy.stop()

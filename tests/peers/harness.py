@@ -45,6 +45,11 @@ class ServerHandle:
     stderr_path: Path
     _stderr: IO[bytes] = field(repr=False)
 
+    def stdout(self) -> str:
+        """Everything the process wrote to stdout so far (uvicorn's access log, decision logs)."""
+        path = self.stderr_path.with_suffix(".stdout")
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def stderr(self) -> str:
         """Everything the process wrote to stderr so far."""
         return self.stderr_path.read_text(errors="replace")
@@ -82,7 +87,8 @@ def start_server(
     # A file, not a pipe (a full pipe would block the server); closed by ServerHandle.stop().
     stderr = open(stderr_path, "wb")  # noqa: SIM115
     cmd = [*(command or [sys.executable, "-m"]), *args]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=stderr)
+    with open(stderr_path.with_suffix(".stdout"), "wb") as stdout:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=stdout, stderr=stderr)
     handle = ServerHandle(proc=proc, port=port, args=cmd, stderr_path=stderr_path, _stderr=stderr)
     deadline = time.monotonic() + timeout
     while not _port_open(port):

@@ -53,3 +53,38 @@ def test_policy_test_and_eval(tmp_path, capsys):
     out = capsys.readouterr().out
     assert '"allow": false' in out and "create is not among the methods of server s (read)" in out
     assert main(["policy", "eval", "--input", str(tmp_path / "missing.json")]) == 2
+
+
+def test_paths_and_token_redaction():
+    from proxy.transport.paths import redact_path, route
+
+    token = "yFDRN8URcOWYvzJPORQRJXglXP8H22PZxPMEVKh7uQY"
+    assert route("/mcp") == ("mcp", None) and route("/messages/") == ("messages", None)
+    assert route(f"/{token}/mcp") == ("mcp", token) and route(f"/mcp/{token}") == ("mcp", token)
+    assert route(f"/{token}/messages/") == ("messages", token) and route("/healthz") is None
+    assert route("/a/b/mcp") is None and route("/sse/x") is None
+    assert redact_path(f"/{token}/messages/?session_id=ab") == "/[redacted]/messages/?session_id=ab"
+    assert redact_path(f"/mcp/{token}") == "/mcp/[redacted]" and redact_path("/mcp") == "/mcp"
+    assert redact_path(f"/.well-known/oauth-protected-resource/{token}/mcp") == \
+        "/.well-known/oauth-protected-resource/[redacted]/mcp"
+    assert redact_path("/.well-known/oauth-protected-resource/mcp") == "/.well-known/oauth-protected-resource/mcp"
+
+
+def test_url_token_lookup_goes_by_digest_only():
+    """The presented token is never compared with stored secrets: it is digested once, and the
+    digest looked up; a near-miss costs exactly what a complete miss costs."""
+    from proxy.auth.tokens import DigestIndex, mint_token, url_token_hmac
+
+    token, key = mint_token(), "k" * 32
+    calls: list[str] = []
+
+    def digest(secret: str) -> str:
+        calls.append(secret)
+        return url_token_hmac(key, secret)
+
+    index = DigestIndex([(url_token_hmac(key, token), "server")], digest)
+    assert index.find(token) == "server"
+    assert index.find(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    assert index.find("x" * 43) is None
+    assert index.find("short") is None and index.find("bad token with spaces!") is None
+    assert len(calls) == 3  # implausible tokens are not even digested
