@@ -24,7 +24,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .auth.authenticator import Access, Authenticator, AuthFailure, TokenVerifier
-from .auth.resource import WELL_KNOWN, challenge, metadata, origin
+from .auth.resource import WELL_KNOWN, challenge, metadata
 from .auth.sessions import SessionBinder
 from .config import Config, is_loopback
 from .enforce.enforcer import Enforcer
@@ -147,13 +147,8 @@ class ProxyApp:
         endpoint = request.path_params.get("endpoint", "").strip("/")
         if endpoint not in ("", "mcp", "sse"):
             return Response(b"Not Found", 404, media_type="text/plain")
-        doc = metadata(self.ctx.config, self.base_url(request), f"/{endpoint}" if endpoint else "")
+        doc = metadata(self.ctx.config, self.ctx.base_url(request), f"/{endpoint}" if endpoint else "")
         return JSONResponse(doc)
-
-    def base_url(self, request: Request) -> str:
-        if self.ctx.config.public_url:
-            return origin(self.ctx.config.public_url)
-        return f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = route(scope["path"]) if scope["type"] == "http" else None
@@ -184,7 +179,7 @@ class ProxyApp:
         if failure.status == 404:  # an unknown URL token looks exactly like an unknown path
             return Response(b"Not Found", 404, media_type="text/plain")
         endpoint = "/sse" if kind in ("sse", "messages") else "/mcp"
-        url = f"{self.base_url(request)}{WELL_KNOWN}{endpoint}"
+        url = f"{self.ctx.base_url(request)}{WELL_KNOWN}{endpoint}"
         body = jsonrpc.error_response(None, jsonrpc.FORBIDDEN, "Unauthorized",
                                       {"error": failure.error or "unauthorized", "reason": failure.reason})
         return error_response(401, body, headers={"www-authenticate": challenge(failure, url)})

@@ -22,11 +22,23 @@ default decision := {
 	"visible_tools": [],
 }
 
-decision := {
-	"allow": count(deny) == 0,
-	"reasons": sort(deny), # a set in Rego; sorted so every engine answers the same list
-	"visible_tools": visible_tools,
-}
+decision := object.union(
+	{
+		"allow": count(deny) == 0,
+		"reasons": sort(deny), # a set in Rego; sorted so every engine answers the same list
+		"visible_tools": visible_tools,
+	},
+	scope_challenge,
+)
+
+# Extension hook: a rule `insufficient_scope := "mcp:write" if { … }` (together with a deny) makes
+# the proxy answer a denied request with HTTP 403 and `WWW-Authenticate: Bearer
+# error="insufficient_scope", scope="mcp:write"`, so an OAuth client can ask for that scope.
+default insufficient_scope := null
+
+default scope_challenge := {}
+
+scope_challenge := {"insufficient_scope": insufficient_scope} if is_string(insufficient_scope)
 
 # What the client may *see* of the tools this message is about, whatever `allow` says: for a
 # tools/call the proxy answers a hidden tool with "Unknown tool", a visible but denied one with an

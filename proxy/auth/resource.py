@@ -4,17 +4,11 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..config import Config
 from .authenticator import AuthFailure
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
-
-
-def origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
 
 
 def metadata(config: Config, base: str, endpoint: str = "") -> dict[str, Any]:

@@ -107,12 +107,17 @@ class Enforcer:
             return _ALLOW_AND_WATCH if method == "tools/list" else ALLOW
         if msg.kind is not Kind.REQUEST:
             return Verdict(False)  # nobody waits for an answer: not forwarded, logged
-        if method == "tools/call":
+        scope = decision.result.get("insufficient_scope")
+        scope = scope if isinstance(scope, str) and scope else None
+        if method == "tools/call" and scope is None:
             if name not in decision.visible_tools:
                 return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.INVALID_PARAMS, f"Unknown tool: {name}"))
             return Verdict(False, tool_error(msg.id, decision.reasons))
         data = {"reasons": list(decision.reasons), "decision_id": decision_id}
-        return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.FORBIDDEN, "Forbidden by policy", data))
+        forbidden = jsonrpc.error_response(msg.id, jsonrpc.FORBIDDEN, "Forbidden by policy", data)
+        if scope is not None:
+            return Verdict(False, forbidden, status=403, scope=scope)
+        return Verdict(False, forbidden)
 
     async def server_message(self, channel: Channel, msg: Message) -> Message | None:
         if msg.kind is Kind.RESPONSE:

@@ -44,6 +44,8 @@ class Verdict:
     watch_response: bool = False
     # The HTTP status of a reply on a request/response transport (503: the policy engine failed).
     status: int = 200
+    # A scope the decision says the client lacks: answered 403 with an insufficient_scope challenge.
+    scope: str | None = None
 
 
 ALLOW = Verdict(allow=True)

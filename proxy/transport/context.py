@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
 
 from ..auth.sessions import SessionBinder
 from ..config import Config
@@ -23,6 +26,17 @@ class ProxyContext:
     upstream: UpstreamClient
     sessions: SessionBinder
     legacy_sessions: dict[str, LegacySession] = field(default_factory=dict)
+
+    def base_url(self, request: Request) -> str:
+        """The proxy's origin as clients know it: public_url's, else the request's."""
+        if self.config.public_url:
+            parts = urlsplit(self.config.public_url)
+            return f"{parts.scheme}://{parts.netloc}"
+        return f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
+
+    def scope_challenge(self, request: Request, scope: str, endpoint: str) -> dict[str, str]:
+        url = f"{self.base_url(request)}/.well-known/oauth-protected-resource{endpoint}"
+        return {"www-authenticate": f'Bearer error="insufficient_scope", scope="{scope}", resource_metadata="{url}"'}
 
     def upstream_error(self, exc: UpstreamError, request_id: Any = None) -> BodyResponse:
         body = jsonrpc.encode(jsonrpc.error_response(request_id, jsonrpc.INTERNAL_ERROR, exc.message))

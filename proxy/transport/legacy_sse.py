@@ -123,7 +123,8 @@ async def post_message(ctx: ProxyContext, request: Request, access: Access) -> A
         if verdict.reply is not None:  # answers travel on the stream on this transport
             await session.inject(verdict.reply)
         if verdict.status != 200:
-            return error_response(verdict.status, verdict.reply or {})
+            challenge = ctx.scope_challenge(request, verdict.scope, "/sse") if verdict.scope else None
+            return error_response(verdict.status, verdict.reply or {}, headers=challenge)
         return BodyResponse(202, [(b"content-type", b"text/plain")], b"Accepted")
     headers = upstream_request_headers(request.headers.items(), ctx.upstream.headers)
     try:

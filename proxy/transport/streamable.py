@@ -44,7 +44,8 @@ async def handle(ctx: ProxyContext, request: Request, access: Access) -> Any:
         if not verdict.allow:
             if verdict.reply is None:
                 return BodyResponse(202, [], b"")
-            return error_response(verdict.status, verdict.reply)
+            challenge = ctx.scope_challenge(request, verdict.scope, "/mcp") if verdict.scope else None
+            return error_response(verdict.status, verdict.reply, headers=challenge)
         body, request_id = msg.encode(), msg.id
     elif request.method not in ("GET", "DELETE"):
         return BodyResponse(405, [(b"allow", _ALLOWED.encode())], b"")
