@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import os
@@ -27,6 +28,7 @@ from .auth.authenticator import Access, Authenticator, AuthFailure, TokenVerifie
 from .auth.resource import WELL_KNOWN, challenge, metadata
 from .auth.sessions import SessionBinder
 from .config import Config, is_loopback
+from .config_reload import ConfigReloader
 from .enforce.enforcer import Enforcer
 from .enforce.pipeline import Pipeline
 from .observe import access_log
@@ -83,17 +85,18 @@ async def readyz(request: Request) -> JSONResponse:
 
 class ProxyApp:
     def __init__(self, config: Config, pipeline: Pipeline | None = None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, reload_config: Callable[[], Config] | None = None) -> None:
         """`pipeline` replaces the policy pipeline (tests); without it the config's policies decide.
+        `reload_config` reads the config anew (file and command line): reloads on change and SIGHUP.
 
         Raises PolicyLoadError (naming file and line) when the policies cannot be used.
         """
+        self._clock = clock
+        self._background: set[asyncio.Future[Any]] = set()
         self.decision_log = DecisionLog(config.decision_log["sink"],
                                         redact_arguments=config.decision_log["redact_arguments"])
         self.metrics = Metrics()
-        for server in config.servers:
-            if server.expires_at is not None:
-                self.metrics.server_expiry.labels(server.name).set(server.expires_at.timestamp())
+        self.metrics.servers(config.servers)
         self.policy_manager: PolicyManager | None = None
         if pipeline is None:
             policy = build_policy_set(config.policy)
@@ -105,24 +108,27 @@ class ProxyApp:
         self.ctx = ProxyContext(config, pipeline, UpstreamClient(config.upstream), session_binder(config))
         self.allowed_origins = allowed_origins(config)
         self.jwt = jwt_verifier(config)
-        anonymous = config.auth.anonymous or not config.auth.configured
-        self.authenticator = Authenticator(config, self.jwt, anonymous=anonymous, clock=clock)
+        self.authenticator = authenticator(config, self.jwt, clock)
+        self.config_reloader = None
+        if reload_config is not None and os.path.isfile(config.source):
+            self.config_reloader = ConfigReloader(config.source, reload_config, self.apply_config,
+                                                  lambda ok: self.metrics.config_reloads.labels(
+                                                      "success" if ok else "failure").inc())
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
             access_log.install()  # here: after uvicorn has configured its loggers
-            watcher = None
-            manager = self.policy_manager
-            if manager is not None:
-                loop = asyncio.get_running_loop()
-                with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
-                    loop.add_signal_handler(signal.SIGHUP, manager.reload)
-                if manager.config.reload_interval_s > 0:
-                    watcher = asyncio.ensure_future(manager.watch(manager.config.reload_interval_s))
+            watchers = []
+            manager, reloader = self.policy_manager, self.config_reloader
+            interval = config.policy.reload_interval_s
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
+            if interval > 0:
+                watchers += [asyncio.ensure_future(w.watch(interval)) for w in (manager, reloader) if w is not None]
             try:
                 yield
             finally:
-                if watcher is not None:
+                for watcher in watchers:
                     watcher.cancel()
                 if manager is not None:
                     await manager.holder.policy.engine.close()
@@ -139,6 +145,39 @@ class ProxyApp:
             Route(WELL_KNOWN + "/{endpoint:path}", self.serve_metadata, methods=["GET"]),
         ], lifespan=lifespan)
         self.other.state.proxy = self.ctx
+
+    def reload(self) -> None:
+        """SIGHUP: the config, then the policies."""
+        if self.config_reloader is not None:
+            self.config_reloader.reload()
+        if self.policy_manager is not None:
+            self.policy_manager.reload()
+
+    def apply_config(self, new: Config) -> None:
+        """Put a reloaded config in force: servers, tokens, auth and origins change on the next request;
+        servers removed or changed have their open streams ended."""
+        old = self.ctx.config
+        kept = {key: getattr(old, key) for key in RESTART_ONLY if getattr(new, key) != getattr(old, key)}
+        for key in kept:
+            log.warning("config reload: %s changes only on restart; the running value stays", key)
+        new = dataclasses.replace(new, **kept)
+        if new.auth.jwt != old.auth.jwt:
+            if self.jwt is not None:
+                closing = asyncio.ensure_future(self.jwt.close())  # type: ignore[attr-defined]
+                self._background.add(closing)
+                closing.add_done_callback(self._background.discard)
+            self.jwt = jwt_verifier(new)
+        if (new.auth.session_key, new.auth.url_token_key) != (old.auth.session_key, old.auth.url_token_key):
+            self.ctx.sessions = session_binder(new)
+        self.ctx.config = new
+        self.allowed_origins = allowed_origins(new)
+        self.authenticator = authenticator(new, self.jwt, self._clock)
+        if isinstance(self.ctx.pipeline, Enforcer):
+            self.ctx.pipeline.set_servers(new.servers)
+        self.metrics.servers(new.servers)
+        for server in old.servers:
+            if server not in new.servers:
+                self.ctx.revoke(server.name)
 
     async def serve_metrics(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
@@ -192,6 +231,15 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+# What a reload cannot change in a running process (sockets, pools, engines): kept until restart.
+RESTART_ONLY = ("listen", "upstream", "limits", "policy", "decision_log")
+
+
+def authenticator(config: Config, jwt: TokenVerifier | None, clock: Callable[[], float]) -> Authenticator:
+    anonymous = config.auth.anonymous or not config.auth.configured
+    return Authenticator(config, jwt, anonymous=anonymous, clock=clock)
+
+
 def jwt_verifier(config: Config) -> TokenVerifier | None:
     jwt = config.auth.jwt
     if jwt is None:
@@ -216,6 +264,6 @@ def session_binder(config: Config) -> SessionBinder:
     return SessionBinder(key)
 
 
-def create_app(config: Config, pipeline: Pipeline | None = None, *,
-               clock: Callable[[], float] = time.time) -> ProxyApp:
-    return ProxyApp(config, pipeline, clock=clock)
+def create_app(config: Config, pipeline: Pipeline | None = None, *, clock: Callable[[], float] = time.time,
+               reload_config: Callable[[], Config] | None = None) -> ProxyApp:
+    return ProxyApp(config, pipeline, clock=clock, reload_config=reload_config)

@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,8 @@ def check_exposure(config: Config) -> str | None:
             "is not loopback; configure auth or set auth.anonymous: true")
 
 
-def serve(config: Config, log_level: str, access_log: bool = False) -> int:
+def serve(config: Config, log_level: str, access_log: bool = False,
+          reload_config: Callable[[], Config] | None = None) -> int:
     import uvicorn
 
     from .app import create_app
@@ -92,7 +94,7 @@ def serve(config: Config, log_level: str, access_log: bool = False) -> int:
         print(f"mcp-policy-proxy: {problem}", file=sys.stderr)
         return 2
     try:
-        app = create_app(config)
+        app = create_app(config, reload_config=reload_config)
     except PolicyLoadError as exc:
         print(f"mcp-policy-proxy: {config.source}: policy: {exc}", file=sys.stderr)
         return 2
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
-            return serve(_serve_config(args), args.log_level, args.access_log)
+            return serve(_serve_config(args), args.log_level, args.access_log, lambda: _serve_config(args))
         if args.command == "token":
             return token_create(args)
         if args.command == "policy":

@@ -85,6 +85,14 @@ class Enforcer:
         self._annotations: dict[str, dict[str, Any]] = {}
         self._folded = {_fold(name): name for name in policy.catalog.known_names}
 
+    def set_servers(self, servers: tuple[Server, ...]) -> None:
+        """After a config reload: the servers' policy input, rebuilt once."""
+        self._servers = {s.name: server_input(s) for s in servers}
+
+    def _server(self, channel: Channel) -> dict[str, Any]:
+        doc = self._servers.get(channel.server.name)
+        return doc if doc is not None else server_input(channel.server)  # revoked meanwhile
+
     # --- Pipeline ---
     async def client_message(self, channel: Channel, msg: Message) -> Verdict:
         if msg.kind is Kind.RESPONSE:
@@ -97,7 +105,7 @@ class Enforcer:
             if name is None or self._lookalike(name):
                 return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.INVALID_PARAMS, f"Unknown tool: {name}"))
             extra["tool"] = self._tool_input(name, msg.params.get("arguments"))
-        input = build_input(channel, self._servers[channel.server.name], self._time(), kind=msg.kind.value,
+        input = build_input(channel, self._server(channel), self._time(), kind=msg.kind.value,
                             direction=CLIENT_TO_SERVER, method=method, name=name, **extra)
         decision, decision_id = await self._decide(input)
         if decision is None:
@@ -127,7 +135,7 @@ class Enforcer:
             return None
         if msg.kind is Kind.NOTIFICATION:
             return None  # progress, logging, list_changed: they carry nothing the policy gates
-        input = build_input(channel, self._servers[channel.server.name], self._time(), kind="request",
+        input = build_input(channel, self._server(channel), self._time(), kind="request",
                             direction=SERVER_TO_CLIENT, method=msg.method, name=message_name(msg))
         decision, _ = await self._decide(input)
         if decision is None or not (decision.allow or self.dry_run):
@@ -146,7 +154,7 @@ class Enforcer:
             annotations = tool.get("annotations") if isinstance(tool.get("annotations"), dict) else None
             self._remember(tool["name"], annotations)
             entries.append(self.policy.catalog.classify(tool["name"], annotations).to_input(annotations))
-        input = build_input(channel, self._servers[channel.server.name], self._time(), kind="response",
+        input = build_input(channel, self._server(channel), self._time(), kind="response",
                             direction=SERVER_TO_CLIENT, method="tools/list", tools=entries)
         decision, _ = await self._decide(input)
         if decision is None:

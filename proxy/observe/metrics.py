@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .. import __version__
+from ..config import Server
 
 EVAL_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
@@ -32,6 +33,8 @@ class Metrics:
                                      ["server", "reason"], registry=r)
         self.server_expiry = Gauge("mcp_proxy_server_expiry_timestamp_seconds", "When a server's access ends",
                                    ["server"], registry=r)
+        self.config_reloads = Counter("mcp_proxy_config_reloads_total", "Config reloads, by result", ["result"],
+                                      registry=r)
         self._decision_children: dict[tuple[str, str, str], Counter] = {}
 
     def decision(self, server: str, outcome: str, mode: str) -> None:
@@ -40,6 +43,12 @@ class Metrics:
         if child is None:
             child = self._decision_children[key] = self.decisions.labels(*key)
         child.inc()
+
+    def servers(self, servers: tuple[Server, ...]) -> None:
+        self.server_expiry.clear()
+        for server in servers:
+            if server.expires_at is not None:
+                self.server_expiry.labels(server.name).set(server.expires_at.timestamp())
 
     def auth_failure(self, server: str, reason: str) -> None:
         self.auth_failures.labels(server, reason).inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -26,6 +27,16 @@ class ProxyContext:
     upstream: UpstreamClient
     sessions: SessionBinder
     legacy_sessions: dict[str, LegacySession] = field(default_factory=dict)
+    # Per server: set when a config reload revokes it, ending its open streams.
+    revocations: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def revocation(self, server: str) -> asyncio.Event:
+        return self.revocations.setdefault(server, asyncio.Event())
+
+    def revoke(self, server: str) -> None:
+        event = self.revocations.pop(server, None)
+        if event is not None:
+            event.set()
 
     def base_url(self, request: Request) -> str:
         """The proxy's origin as clients know it: public_url's, else the request's."""

@@ -103,6 +103,7 @@ async def open_stream(ctx: ProxyContext, request: Request, access: Access) -> An
 
     response = StreamResponse(200, client_response_headers(resp.headers), stream())
     response.end_at = access.valid_until
+    response.ended = ctx.revocation(access.server.name)
     return response
 
 

@@ -8,6 +8,7 @@ JSON answer is parsed only when the pipeline asked to see the response to that r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,14 +45,15 @@ class BodyResponse:
 
 class StreamResponse:
     """Streams chunks as they come. A client disconnect cancels the source (closing the upstream);
-    so does `end_at` (epoch seconds: when the server or the credential expires), which ends the
-    stream cleanly for the client."""
+    so do `end_at` (epoch seconds: when the server or the credential expires) and `ended` (set
+    when a config reload revokes the server), which end the stream cleanly for the client."""
 
-    __slots__ = ("chunks", "end_at", "headers", "status")
+    __slots__ = ("chunks", "end_at", "ended", "headers", "status")
 
     def __init__(self, status: int, headers: RawHeaders, chunks: AsyncIterator[bytes]) -> None:
         self.status, self.headers, self.chunks = status, headers, chunks
         self.end_at: float | None = None
+        self.ended: asyncio.Event | None = None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         started = False
@@ -70,10 +72,9 @@ class StreamResponse:
 
         async def deadline() -> None:
             end_at = self.end_at
-            if end_at is None:
-                await asyncio.Event().wait()  # never
-            else:
-                await asyncio.sleep(max(0.0, end_at - time.time()))
+            timeout = None if end_at is None else max(0.0, end_at - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for((self.ended or asyncio.Event()).wait(), timeout)
 
         tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(disconnected()),
                  asyncio.ensure_future(deadline())]
@@ -88,7 +89,7 @@ class StreamResponse:
             if aclose is not None:
                 await aclose()
         if first == {tasks[2]} and started:
-            await send({"type": "http.response.body", "body": b""})  # expired: end the stream cleanly
+            await send({"type": "http.response.body", "body": b""})  # expired or revoked: end cleanly
         if tasks[0].done() and not tasks[0].cancelled() and (exc := tasks[0].exception()) is not None:
             raise exc
 

@@ -63,4 +63,5 @@ async def handle(ctx: ProxyContext, request: Request, access: Access) -> Any:
                         if n == b"mcp-session-id" else (n, v) for n, v in response.headers]
     if isinstance(response, StreamResponse):
         response.end_at = access.valid_until
+        response.ended = ctx.revocation(access.server.name)
     return response
