@@ -90,3 +90,21 @@ def sdk_upstream_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up
     yield _factory
     for upstream in started.values():
         upstream.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_output(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole suite: no registered secret in any log, access log, decision log or upstream
+    record that any test's servers wrote."""
+    yield
+    from tests.leakcheck import SECRETS
+
+    if not SECRETS:
+        return
+    root = tmp_path_factory.getbasetemp()
+    leaks = []
+    for path in root.rglob("*"):
+        if path.is_file() and path.suffix in (".stderr", ".stdout", ".log", ".jsonl"):
+            text = path.read_text(errors="replace")
+            leaks += [f"{path}: secret #{SECRETS.index(s)}" for s in SECRETS if s in text]
+    assert not leaks, f"secrets found in outputs: {leaks}"

@@ -13,14 +13,15 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from proxy.auth.tokens import mint_token, url_token_hmac
+from proxy.auth.tokens import url_token_hmac
 from tests.integration.proxy_harness import start_proxy
+from tests.leakcheck import secret
 from tests.peers.clients import sdk_client, sse_client
 from tests.peers.harness import free_port
 
 KEY = "url-token-key-for-tests-0123456789"
-TRIAGE, SUPPORT, TEMP = mint_token(), mint_token(), mint_token()
-API_TOKEN = mint_token()
+TRIAGE, SUPPORT, TEMP = secret(), secret(), secret()
+API_TOKEN = secret()
 SECRETS = (TRIAGE, SUPPORT, TEMP, API_TOKEN)
 READ_TOOLS = {"list_all_missive_conversations", "get_single_missive_conversation_by_id"}
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json",
@@ -74,7 +75,7 @@ async def test_legacy_sse_with_a_url_token(stack):
 async def test_unknown_tokens_and_tokenless_paths_are_404_without_hints(stack):
     _, _, proxy, _ = stack
     async with httpx.AsyncClient() as http:
-        for path in (f"/{mint_token()}/mcp", f"/mcp/{mint_token()}", "/mcp", "/sse", f"/{TRIAGE[:-1]}/mcp",
+        for path in (f"/{secret()}/mcp", f"/mcp/{secret()}", "/mcp", "/sse", f"/{TRIAGE[:-1]}/mcp",
                      "/nothing-here"):
             r = await http.post(proxy.base + path, json=INIT, headers=HEADERS)
             assert (r.status_code, r.text) == (404, "Not Found"), path
@@ -90,7 +91,7 @@ async def test_require_api_token_auth_needs_a_bearer_too(stack):
         assert r.headers["www-authenticate"] == (
             f'Bearer resource_metadata="{proxy.base}/.well-known/oauth-protected-resource/mcp", '
             'error="invalid_token", error_description="This server requires a bearer token as well as its URL"')
-        for wrong in (mint_token(), "not-a-token", "a.b.c"):
+        for wrong in (secret(), "not-a-token", "a.b.c"):
             r = await http.post(url, json=INIT, headers={**HEADERS, **bearer(wrong)})
             assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
     async with sdk_client(url, headers=bearer(API_TOKEN)) as client:
@@ -181,8 +182,8 @@ async def test_no_secret_in_logs_metrics_or_upstream(stack):
     assert "/[redacted]/mcp" in proxy.handle.stdout()  # the access log, with its tokens redacted
     texts = [proxy.handle.stderr(), proxy.handle.stdout(), metrics, (workdir / "decisions.log").read_text(),
              *(str(r) for r in upstream.requests()), *(str(r) for r in legacy.requests())]
-    for secret in SECRETS:
-        leaks = [text[max(0, text.find(secret) - 200):text.find(secret) + 50] for text in texts if secret in text]
+    for value in SECRETS:
+        leaks = [text[max(0, text.find(value) - 200):text.find(value) + 50] for text in texts if value in text]
         assert not leaks
 
 

@@ -9,8 +9,9 @@ import time
 import httpx
 import yaml
 
-from proxy.auth.tokens import mint_token, url_token_hmac
+from proxy.auth.tokens import url_token_hmac
 from tests.integration.proxy_harness import start_proxy
+from tests.leakcheck import secret
 
 KEY = "url-token-key-for-tests-0123456789"
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json",
@@ -38,7 +39,7 @@ async def eventually(check, timeout: float = 5.0) -> bool:
 
 async def test_reload_revokes_adds_and_rejects_broken_versions(sdk_upstream, tmp_path):
     upstream, legacy = sdk_upstream("stateful-json"), sdk_upstream("legacy-sse")
-    keep, gone, added = mint_token(), mint_token(), mint_token()
+    keep, gone, added = secret(), secret(), secret()
     extra = {"auth": {"url_token_key": KEY}, "upstream": {"sse_url": f"{legacy.base}/sse"},
              "policy": {"reload_interval_s": 0.2}, "servers": [server("keep", keep), server("gone", gone)]}
     proxy = start_proxy(tmp_path, upstream.base, extra)
@@ -71,7 +72,7 @@ async def test_reload_revokes_adds_and_rejects_broken_versions(sdk_upstream, tmp
 
 async def test_sighup_reloads_the_config(sdk_upstream, tmp_path):
     upstream = sdk_upstream("stateless-json")
-    first, second = mint_token(), mint_token()
+    first, second = secret(), secret()
     proxy = start_proxy(tmp_path, upstream.base, {"auth": {"url_token_key": KEY}, "policy": {"reload_interval_s": 0},
                                                   "servers": [server("first", first)]})
     config = yaml.safe_load(proxy.config_path.read_text())

@@ -102,6 +102,25 @@ async def test_sdk_server_statuses_are_relayed(sdk_upstream, proxy_for, mode, he
     assert direct.headers.get("content-type") == proxied.headers.get("content-type")
 
 
+async def test_configured_origins_are_allowed(tmp_path):
+    from tests.integration.proxy_harness import start_proxy
+
+    port = free_port()
+    echo = start_server(["tests.peers.echo_server", "--port", str(port)], port, log_dir=tmp_path)
+    proxy = start_proxy(tmp_path, f"http://127.0.0.1:{port}", {"allowed_origins": ["https://app.example.com"],
+                                                             "public_url": "https://mcp.example.com"})
+    try:
+        async with httpx.AsyncClient() as http:
+            for origin, status in (("https://app.example.com", 200), ("https://mcp.example.com", 200),
+                                   ("https://APP.example.com", 200), ("https://app.example.com.evil", 403),
+                                   ("null", 403), ("http://app.example.com", 403)):
+                r = await http.post(proxy.url, json=PING, headers={**HEADERS, "origin": origin})
+                assert r.status_code == status, origin
+    finally:
+        proxy.stop()
+        echo.stop()
+
+
 async def test_foreign_browser_origin_is_refused_and_loopback_allowed(echo_stack):
     _, proxy = echo_stack
     async with httpx.AsyncClient() as http:

@@ -11,15 +11,16 @@ import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from proxy.auth.tokens import mint_token, url_token_hmac
+from proxy.auth.tokens import url_token_hmac
 from tests.integration.proxy_harness import start_proxy
+from tests.leakcheck import secret
 from tests.peers.clients import sdk_client
 from tests.peers.harness import free_port
 from tests.peers.jwks_server import JWKSServer, ec_key, jwk_set, rsa_key
 
 ISSUER = "https://idp.example.com"
 KEY = "url-token-key-for-tests-0123456789"
-URL_TOKEN = mint_token()
+URL_TOKEN = secret()
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json",
            "mcp-protocol-version": "2025-06-18"}
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -52,6 +53,10 @@ async def stack(sdk_upstream, tmp_path, keys):
     await jwks.stop()
 
 
+def sign(key, payload: dict, **kwargs) -> str:
+    return secret(key.sign(payload, **kwargs))
+
+
 def claims(audience: str, **extra) -> dict:
     now = int(time.time())
     return {"iss": ISSUER, "aud": audience, "sub": "agent-7", "iat": now, "exp": now + 300,
@@ -61,7 +66,7 @@ def claims(audience: str, **extra) -> dict:
 @pytest.mark.parametrize("key_index", [0, 1], ids=["RS256", "ES256"])
 async def test_sdk_client_with_a_jwt(stack, keys, key_index):
     proxy, _, public_url, upstream, workdir = stack
-    token = keys[key_index].sign(claims(public_url))
+    token = sign(keys[key_index], claims(public_url))
     url = f"{proxy.base}/{URL_TOKEN}/mcp"
     async with sdk_client(url, headers={"authorization": f"Bearer {token}"}) as client:
         assert "list_all_missive_conversations" in await client.tool_names()
@@ -81,12 +86,12 @@ async def test_bad_tokens_get_401_with_a_challenge(stack, keys):
     rsa1, _, stranger = keys
     now = int(time.time())
     bad = {
-        "wrong audience": rsa1.sign(claims("https://elsewhere.example.com")),
-        "wrong issuer": rsa1.sign(claims(public_url, iss="https://evil.example.com")),
-        "expired": rsa1.sign(claims(public_url, iat=now - 600, exp=now - 60)),
-        "not yet valid": rsa1.sign(claims(public_url, nbf=now + 600)),
-        "unknown key": stranger.sign(claims(public_url)),
-        "alg none": "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0." + rsa1.sign(claims(public_url)).split(".")[1] + ".",
+        "wrong audience": sign(rsa1, claims("https://elsewhere.example.com")),
+        "wrong issuer": sign(rsa1, claims(public_url, iss="https://evil.example.com")),
+        "expired": sign(rsa1, claims(public_url, iat=now - 600, exp=now - 60)),
+        "not yet valid": sign(rsa1, claims(public_url, nbf=now + 600)),
+        "unknown key": sign(stranger, claims(public_url)),
+        "alg none": "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0." + sign(rsa1, claims(public_url)).split(".")[1] + ".",
     }
     async with httpx.AsyncClient() as http:
         for name, token in bad.items():
@@ -109,15 +114,15 @@ async def test_key_rotation_is_picked_up(stack, keys):
                                 headers={**HEADERS, "authorization": f"Bearer {token}"})
         return r.status_code
 
-    assert await status(rsa1.sign(claims(public_url))) == 200  # keys fetched and cached
+    assert await status(sign(rsa1, claims(public_url))) == 200  # keys fetched and cached
     fetches = jwks.fetches
     jwks.set_keys(rsa2)  # the IdP rotates to a key the proxy has never seen
     await asyncio.sleep(0.6)  # past min_refetch_interval_s
-    assert await status(rsa2.sign(claims(public_url))) == 200  # unknown kid: one refetch
+    assert await status(sign(rsa2, claims(public_url))) == 200  # unknown kid: one refetch
     assert jwks.fetches == fetches + 1
     start = time.monotonic()
     for _ in range(20):  # garbage kids cannot make it hammer the IdP: one fetch per interval at most
-        await status(rsa1.sign(claims(public_url), kid=mint_token()))
+        await status(sign(rsa1, claims(public_url), kid=secret()))
     allowed = 1 + int((time.monotonic() - start) / 0.5) + 1
     assert jwks.fetches <= fetches + 1 + allowed < fetches + 20
 
@@ -149,14 +154,14 @@ async def test_policy_can_ask_for_a_scope_with_403(sdk_upstream, tmp_path, keys)
             "params": {"name": "create_a_missive_post", "arguments": {"conversation": "c", "text": "t"}}}
     try:
         async with httpx.AsyncClient() as http:
-            reader = rsa1.sign(claims(public_url, scope="mcp:read"))
+            reader = sign(rsa1, claims(public_url, scope="mcp:read"))
             r = await http.post(proxy.url, json=call, headers={**HEADERS, "authorization": f"Bearer {reader}"})
             assert r.status_code == 403
             assert r.headers["www-authenticate"] == (
                 f'Bearer error="insufficient_scope", scope="mcp:write", '
                 f'resource_metadata="{public_url}/.well-known/oauth-protected-resource/mcp"')
             assert r.json()["error"]["data"]["reasons"] == ["writing needs the mcp:write scope"]
-            writer = rsa1.sign(claims(public_url, scope="mcp:read mcp:write"))
+            writer = sign(rsa1, claims(public_url, scope="mcp:read mcp:write"))
             r = await http.post(proxy.url, json=call, headers={**HEADERS, "authorization": f"Bearer {writer}"})
             assert r.status_code == 200 and r.json()["result"]["isError"] is False
     finally:

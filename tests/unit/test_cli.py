@@ -88,3 +88,26 @@ def test_url_token_lookup_goes_by_digest_only():
     assert index.find("x" * 43) is None
     assert index.find("short") is None and index.find("bad token with spaces!") is None
     assert len(calls) == 3  # implausible tokens are not even digested
+
+
+def test_token_create_prints_the_url_once_and_only_the_hmac_for_the_config(capsys, monkeypatch):
+    import yaml
+
+    from proxy.auth.tokens import url_token_hmac
+    from proxy.config import parse
+
+    monkeypatch.setenv("URL_TOKEN_KEY", "k" * 32)
+    assert main(["token", "create", "--server", "triage", "--methods", "read,create", "--tags", "posts",
+                 "--expires-at", "2026-12-31T23:59:59Z", "--base-url", "https://mcp.example.com/"]) == 0
+    out = capsys.readouterr().out
+    url = next(line.split()[0] for line in out.splitlines() if line.strip().startswith("https://"))
+    token = url.removeprefix("https://mcp.example.com/").removesuffix("/mcp")
+    assert len(token) == 43 and out.count(token) == 2  # the URL and its /sse twin, nothing else
+    entry = yaml.safe_load(out.split("in the config:\n", 1)[1])[0]
+    assert entry == {"name": "triage", "token_hmac": url_token_hmac("k" * 32, token),
+                     "methods": ["read", "create"], "tags": ["posts"], "expires_at": "2026-12-31T23:59:59Z"}
+    parse({"upstream": {"url": "http://h/mcp"}, "auth": {"url_token_key": "k" * 32}, "servers": [entry]}, "x")
+
+    monkeypatch.delenv("URL_TOKEN_KEY")
+    assert main(["token", "create", "--server", "triage"]) == 2
+    assert "no URL token key" in capsys.readouterr().err
