@@ -1,4 +1,4 @@
-"""Command line: `mcp-policy-proxy serve | token create | policy test | policy eval | config check`.
+"""Command line: `mcp-policy-proxy serve | demo | token create | policy test | policy eval | config check`.
 
 Exit codes: 0 ok, 2 usage or configuration error (the message names file and key), 1 runtime failure.
 """
@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request (URL tokens redacted)")
+
+    demo = sub.add_parser("demo", help="the proxy in front of a demo Missive MCP server, with example servers")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
     tok = sub.add_parser("token", help="URL tokens")
     tok_sub = tok.add_subparsers(dest="token_command", required=True)
@@ -180,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(_serve_config(args), args.log_level, args.access_log, lambda: _serve_config(args))
+        if args.command == "demo":
+            from .demo_launcher import run_demo
+
+            return run_demo(args.host, args.port, args.log_level)
         if args.command == "token":
             return token_create(args)
         if args.command == "policy":

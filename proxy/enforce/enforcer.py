@@ -30,6 +30,7 @@ from .pipeline import ALLOW, DROP, Channel, Verdict
 log = logging.getLogger("mcp_policy_proxy.enforce")
 
 ENGINE_UNAVAILABLE = "Policy engine unavailable"
+LAST_HANDSHAKE_REVISION = "2025-11-25"
 _ALLOW_AND_WATCH = Verdict(True, watch_response=True)  # tools/list: its answer gets filtered
 
 
@@ -59,11 +60,13 @@ def _fold(name: str) -> str:
     return unicodedata.normalize("NFKC", name).casefold()
 
 
-def tool_error(request_id: Any, reasons: tuple[str, ...]) -> dict[str, Any]:
+def tool_error(request_id: Any, reasons: tuple[str, ...], protocol_version: str | None) -> dict[str, Any]:
     """A tool result the model can read and correct itself from (not a protocol error)."""
-    text = "; ".join(reasons) or "Denied by policy"
-    return {"jsonrpc": "2.0", "id": request_id, "result": {"content": [{"type": "text", "text": text}],
-                                                          "isError": True}}
+    result: dict[str, Any] = {"content": [{"type": "text", "text": "; ".join(reasons) or "Denied by policy"}],
+                              "isError": True}
+    if protocol_version is not None and protocol_version > LAST_HANDSHAKE_REVISION:
+        result["resultType"] = "complete"  # required on results from revision 2026-07-28 on
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
 
 class Enforcer:
@@ -120,7 +123,7 @@ class Enforcer:
         if method == "tools/call" and scope is None:
             if name not in decision.visible_tools:
                 return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.INVALID_PARAMS, f"Unknown tool: {name}"))
-            return Verdict(False, tool_error(msg.id, decision.reasons))
+            return Verdict(False, tool_error(msg.id, decision.reasons, channel.protocol_version))
         data = {"reasons": list(decision.reasons), "decision_id": decision_id}
         forbidden = jsonrpc.error_response(msg.id, jsonrpc.FORBIDDEN, "Forbidden by policy", data)
         if scope is not None:

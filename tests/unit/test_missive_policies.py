@@ -126,9 +126,10 @@ async def test_decision_through_the_proxy_engine(engine, case_id, inp, allow, re
 async def test_same_decisions_in_opa(engine):
     try:
         from opa_bindings import OpaEngine
+
         from proxy.policy.loader import load_bundle
         opa = OpaEngine()
-    except Exception as exc:  # noqa: BLE001 - the wheel is optional (docs/policies.md)
+    except Exception as exc:
         pytest.skip(f"OPA Go engine unavailable: {exc}")
     try:
         bundle = load_bundle([str(POLICIES)])

@@ -1,0 +1,112 @@
+"""`mcp-policy-proxy demo`: the demo Missive upstream and the proxy in front of it, in one command.
+
+Starts `proxy.demo.upstream` (an MCP server on the official SDK with an in-memory Missive
+organisation and Missive's rate limits) on a free loopback port, writes a config with three
+example servers and fresh URL tokens, prints how to connect, and serves until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .auth.tokens import mint_token, url_token_hmac
+
+EXAMPLE_SERVERS: list[dict[str, Any]] = [
+    {"name": "triage", "methods": ["read"], "tags": ["support"], "params": {"missive": True},
+     "about": "read-only triage: conversations, messages, comments, users, teams, labels"},
+    {"name": "support", "methods": ["read", "create", "update"], "tags": ["support"], "params": {"missive": True},
+     "about": "support agent: reads, posts, tasks and drafts, but drafts are never sent"},
+    {"name": "admin", "methods": ["read", "write", "custom"], "tags": [],
+     "params": {"missive": True, "allow_send": True},
+     "about": "admin: every tool, sending included (deletes still need allow_delete)"},
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the demo upstream exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("the demo upstream did not start in time")
+
+
+def demo_config(upstream_port: int, port: int, host: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The proxy config for the demo, and the URL token of each example server."""
+    key = secrets.token_urlsafe(32)
+    tokens = {s["name"]: mint_token() for s in EXAMPLE_SERVERS}
+    servers = [{k: v for k, v in s.items() if k != "about"} | {"token_hmac": url_token_hmac(key, tokens[s["name"]])}
+               for s in EXAMPLE_SERVERS]
+    config = {
+        "listen": {"host": host, "port": port},
+        "public_url": f"http://{host}:{port}",
+        "upstream": {"url": f"http://127.0.0.1:{upstream_port}/mcp", "sse_url": f"http://127.0.0.1:{upstream_port}/sse"},
+        "auth": {"url_token_key": key},
+        "servers": servers,
+        "decision_log": {"sink": "off"},
+    }
+    return config, tokens
+
+
+def banner(base: str, tokens: dict[str, str]) -> str:
+    lines = ["", "mcp-policy-proxy demo: the proxy in front of a demo Missive MCP server (in-memory data)", ""]
+    for server in EXAMPLE_SERVERS:
+        url = f"{base}/{tokens[server['name']]}/mcp"
+        lines += [f"  {server['name']:8} {server['about']}", f"           {url}", ""]
+    triage = f"{base}/{tokens['triage']}/mcp"
+    lines += [
+        "Connect with:",
+        f"  MCP Inspector:  npx @modelcontextprotocol/inspector --cli {triage} --transport http --method tools/list",
+        "  Claude Desktop (mcp-remote), in claude_desktop_config.json:",
+        '    {"mcpServers": {"missive-triage": {"command": "npx", "args": ["mcp-remote", "' + triage + '"]}}}',
+        "  ChatGPT connector: add a custom connector with the server URL above (the proxy must be reachable",
+        "    from ChatGPT: put it behind an HTTPS tunnel or ingress and set public_url).",
+        "  Legacy SSE clients: the same URLs with /sse instead of /mcp.",
+        "",
+        "Ctrl-C stops the proxy and the demo upstream.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run_demo(host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning") -> int:
+    from .cli import serve
+    from .config import load
+
+    upstream_port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    upstream = subprocess.Popen([sys.executable, "-m", "proxy.demo.upstream", "--port", str(upstream_port)], env=env)
+    try:
+        _wait_for(upstream_port, upstream)
+        config, tokens = demo_config(upstream_port, port, host)
+        with tempfile.TemporaryDirectory(prefix="mcp-policy-proxy-demo-") as tmp:
+            path = Path(tmp) / "demo.yaml"
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            print(banner(f"http://{host}:{port}", tokens), flush=True)
+            return serve(load(path), log_level)
+    finally:
+        upstream.terminate()
+        try:
+            upstream.wait(5)
+        except subprocess.TimeoutExpired:
+            upstream.kill()

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The demo: the proxy (embedded policy engine) in front of a demo Missive MCP server with in-memory
+# data, three example servers with URL tokens. Ctrl-C stops everything.
+set -euo pipefail
+source "$(dirname "$0")/venv.sh"
+cd "$ROOT"
+exec "$VENV/bin/mcp-policy-proxy" demo "$@"

@@ -1,0 +1,198 @@
+"""The demo Missive upstream (proxy/demo) as a subprocess, driven by the official SDK clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from proxy.demo.data import VIP_ADDRESS, build_org
+from tests.peers.clients import PeerClient, sdk_client, sse_client
+from tests.peers.harness import ServerHandle, free_port, start_server
+
+EXPECTED_TOOLS = {
+    "list_all_missive_conversations", "get_single_missive_conversation_by_id",
+    "list_all_missive_conversation_messages", "list_all_missive_conversation_comments",
+    "list_all_missive_conversation_posts", "list_all_missive_conversation_drafts",
+    "create_a_missive_message", "create_a_missive_post", "create_a_missive_draft", "create_a_missive_task",
+    "list_all_missive_tasks", "list_all_missive_users", "list_all_missive_teams",
+    "list_all_missive_organizations", "list_all_missive_contacts", "create_a_missive_contact",
+    "list_all_missive_shared_labels",
+}
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "raw", "version": "0"}}}
+ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+def _start(tmp: Any, *extra: str) -> ServerHandle:
+    port = free_port()
+    return start_server(["proxy.demo.upstream", "--port", str(port), *extra], port, log_dir=tmp)
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    handle = _start(tmp_path_factory.mktemp("demo"))
+    try:
+        yield f"http://127.0.0.1:{handle.port}"
+    finally:
+        handle.stop()
+
+
+async def _json(client: PeerClient, tool: str, args: dict[str, Any] | None = None) -> Any:
+    return json.loads(await client.call_text(tool, args or {}))
+
+
+def test_seeded_org_is_deterministic_and_complete() -> None:
+    a, b = build_org(), build_org()
+    assert json.dumps(a.conversations) == json.dumps(b.conversations)
+    assert (len(a.teams), len(a.users), len(a.shared_labels), len(a.conversations)) == (3, 8, 5, 50)
+    assert {lb["name"] for lb in a.shared_labels} == {"vip", "billing", "bug", "refund", "urgent"}
+    assert all(1 <= len(m) <= 4 for m in a.messages.values())
+    assert all(len(c) <= 3 for c in a.comments.values())
+    assert any(VIP_ADDRESS in c["authors"][0]["address"] for c in a.conversations.values())
+    assert a.tasks == []
+    assert json.dumps(build_org(seed=8).conversations) != json.dumps(a.conversations)
+
+
+async def test_streamable_tools_and_reads(upstream: str) -> None:
+    async with sdk_client(f"{upstream}/mcp", mode="legacy") as client:
+        assert client.session_id  # stateful
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert set(tools) == EXPECTED_TOOLS
+        hints = {name: tool.annotations for name, tool in tools.items()}
+        assert all(hints.values())
+        assert all(h.read_only_hint is True for n, h in hints.items() if h and n.startswith(("list_", "get_")))
+        assert all(h.read_only_hint is False for n, h in hints.items() if h and n.startswith("create_"))
+        draft_hints = hints["create_a_missive_draft"]
+        assert draft_hints and draft_hints.open_world_hint is True
+
+        missing = await client.call_tool("list_all_missive_conversations", {"limit": 5})
+        assert missing.is_error
+        text = missing.content[0].text  # type: ignore[union-attr]
+        assert "mailbox filter is required" in text and "inbox" in text and "team_inbox" in text
+
+        inbox = (await _json(client, "list_all_missive_conversations", {"inbox": True, "limit": 50}))["conversations"]
+        assert 0 < len(inbox) <= 50
+        times = [c["last_activity_at"] for c in inbox]
+        assert times == sorted(times, reverse=True)
+        page = (await _json(client, "list_all_missive_conversations",
+                            {"all": True, "limit": 3, "until": times[2]}))["conversations"]
+        assert len(page) == 3 and all(c["last_activity_at"] <= times[2] for c in page)
+        vip = (await _json(client, "list_all_missive_conversations",
+                           {"all": True, "email": VIP_ADDRESS}))["conversations"]
+        assert vip and all("vip" in c["shared_label_names"] for c in vip)
+
+        labels = (await _json(client, "list_all_missive_shared_labels"))["shared_labels"]
+        billing = next(lb for lb in labels if lb["name"] == "billing")
+        labelled = (await _json(client, "list_all_missive_conversations",
+                                {"shared_label": billing["id"]}))["conversations"]
+        assert labelled and all(billing["id"] in [x["id"] for x in c["shared_labels"]] for c in labelled)
+        teams = (await _json(client, "list_all_missive_teams"))["teams"]
+        assert [t["name"] for t in teams] == ["Support", "Billing", "VIP Care"]
+        assert len((await _json(client, "list_all_missive_users"))["users"]) == 8
+
+        conv = inbox[0]
+        got = (await _json(client, "get_single_missive_conversation_by_id", {"id": conv["id"]}))["conversations"]
+        assert got[0]["id"] == conv["id"]
+        messages = (await _json(client, "list_all_missive_conversation_messages",
+                                {"conversation": conv["id"]}))["messages"]
+        assert len(messages) == conv["messages_count"]
+        assert {"from_field", "to_fields", "preview", "body", "delivered_at"} <= set(messages[0])
+        assert "address" in messages[0]["from_field"]
+        local = build_org()  # the server runs the same seed, so ids match
+        cid = next(cid for cid, items in local.comments.items() if len(items) >= 2)
+        comments = (await _json(client, "list_all_missive_conversation_comments",
+                                {"conversation": cid}))["comments"]
+        assert [c["id"] for c in comments] == [c["id"] for c in reversed(local.comments[cid])]
+        assert all({"id", "body", "author", "created_at"} <= set(c) for c in comments)
+        unknown = await client.call_tool("get_single_missive_conversation_by_id", {"id": "nope"})
+        assert unknown.is_error
+
+
+async def test_writes_over_legacy_sse_are_visible_over_streamable(upstream: str) -> None:
+    async with sse_client(f"{upstream}/sse") as sse:
+        inbox = (await _json(sse, "list_all_missive_conversations", {"inbox": True, "limit": 1}))["conversations"]
+        cid = inbox[0]["id"]
+        post = (await _json(sse, "create_a_missive_post",
+                            {"conversation": cid, "markdown": "**Escalated** to tier 2",
+                             "notification": {"title": "Escalation", "body": "tier 2"}}))["posts"]
+        assert post["id"] and post["conversation"] == cid
+        draft = (await _json(sse, "create_a_missive_draft",
+                             {"conversation": cid, "body": "We are on it.",
+                              "to_fields": [{"name": "Ada", "address": "ada@analytical.example"}]}))["drafts"]
+        assert draft["id"] and draft["sent"] is False
+        task = (await _json(sse, "create_a_missive_task",
+                            {"title": "Follow up", "team": "Support", "conversation": cid}))["tasks"]
+        assert task["state"] == "todo" and task["team"]["name"] == "Support"
+        bad = await sse.call_tool("create_a_missive_draft", {"body": "x", "to_fields": [{"name": "no address"}]})
+        assert bad.is_error
+    async with sdk_client(f"{upstream}/mcp", mode="legacy") as client:
+        posts = (await _json(client, "list_all_missive_conversation_posts", {"conversation": cid}))["posts"]
+        assert post["id"] in [p["id"] for p in posts]
+        drafts = (await _json(client, "list_all_missive_conversation_drafts", {"conversation": cid}))["drafts"]
+        assert draft["id"] in [d["id"] for d in drafts]
+        conv = (await _json(client, "get_single_missive_conversation_by_id", {"id": cid}))["conversations"][0]
+        assert conv["drafts_count"] >= 1 and conv["tasks_count"] >= 1
+        drafts_box = (await _json(client, "list_all_missive_conversations", {"drafts": True}))["conversations"]
+        assert cid in [c["id"] for c in drafts_box]
+
+
+def test_rate_limit_429_with_headers(tmp_path: Any) -> None:
+    handle = _start(tmp_path, "--per-minute", "3")
+    try:
+        url = f"http://127.0.0.1:{handle.port}/mcp"
+        with httpx.Client(timeout=10) as http:
+            ok = [http.post(url, json=INIT, headers=ACCEPT) for _ in range(3)]
+            assert [r.status_code for r in ok] == [200, 200, 200]
+            assert ok[0].headers["x-ratelimit-limit"] == "3"
+            assert ok[2].headers["x-ratelimit-remaining"] == "0"
+            refused = http.post(url, json=INIT, headers=ACCEPT)
+            assert refused.status_code == 429
+            retry_after = int(refused.headers["retry-after"])
+            assert 1 <= retry_after <= 60
+            assert refused.headers["x-ratelimit-limit"] == "3"
+            assert refused.headers["x-ratelimit-remaining"] == "0"
+            assert 0 < int(refused.headers["x-ratelimit-reset"]) - time.time() <= 61
+            body = refused.json()
+            assert body["error"] == "rate_limited" and body["limit"] == 3 and body["window"] == "minute"
+            assert http.get(f"http://127.0.0.1:{handle.port}/nothing").status_code == 404  # not counted
+    finally:
+        handle.stop()
+
+
+async def test_concurrency_limit_429(tmp_path: Any) -> None:
+    handle = _start(tmp_path, "--concurrent", "1")
+    release = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b'{"jsonrpc": "2.0", '  # the request stays in flight until the body is complete
+        await release.wait()
+        yield json.dumps(INIT).encode()[1:]
+
+    try:
+        url = f"http://127.0.0.1:{handle.port}/mcp"
+        async with httpx.AsyncClient(timeout=10) as http:
+            held = asyncio.create_task(http.post(url, content=slow_body(), headers=ACCEPT))
+            await asyncio.sleep(0.3)
+            refused = await http.post(url, json=INIT, headers=ACCEPT)
+            release.set()
+            assert refused.status_code == 429
+            assert refused.headers["retry-after"] == "1" and refused.headers["x-ratelimit-limit"] == "1"
+            assert refused.json()["window"] == "concurrent requests"
+            assert (await held).status_code == 200
+            # The slot is freed when the server-side handler returns, a moment after the client has the body.
+            statuses = []
+            for _ in range(20):
+                statuses.append((await http.post(url, json=INIT, headers=ACCEPT)).status_code)
+                if statuses[-1] == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert statuses[-1] == 200, statuses
+    finally:
+        handle.stop()
