@@ -49,6 +49,12 @@ MAILBOX_IDS = ("shared_label", "team_inbox", "team_closed", "team_all")
 TASK_STATES = ("todo", "in_progress", "closed")
 
 
+def _newest(items: list[Json], stamp: str, until: int | None, limit: int) -> list[Json]:
+    """Newest first, at most `limit`, none after `until` (Missive's pagination)."""
+    kept = [item for item in items if until is None or item[stamp] <= until]
+    return sorted(kept, key=lambda item: -item[stamp])[:limit]
+
+
 def _dump(key: str, value: Any) -> str:
     return json.dumps({key: value}, ensure_ascii=False)
 
@@ -178,9 +184,7 @@ def build_server(org: DemoOrg) -> MCPServer:
         _check_limit(limit, 10)
         with org.lock:
             _conversation(org, conversation)
-            items = [m for m in org.messages[conversation] if until is None or m["delivered_at"] <= until]
-        items = sorted(items, key=lambda m: -m["delivered_at"])[:limit]
-        return _dump("messages", items)
+            return _dump("messages", _newest(org.messages[conversation], "delivered_at", until, limit))
 
     @mcp.tool(annotations=READ)
     def list_all_missive_conversation_comments(conversation: str, limit: int = 10, until: int | None = None) -> str:
@@ -188,9 +192,7 @@ def build_server(org: DemoOrg) -> MCPServer:
         _check_limit(limit, 10)
         with org.lock:
             _conversation(org, conversation)
-            items = [c for c in org.comments[conversation] if until is None or c["created_at"] <= until]
-        items = sorted(items, key=lambda c: -c["created_at"])[:limit]
-        return _dump("comments", items)
+            return _dump("comments", _newest(org.comments[conversation], "created_at", until, limit))
 
     @mcp.tool(annotations=READ)
     def list_all_missive_conversation_posts(conversation: str) -> str:

@@ -62,7 +62,6 @@ class PolicyManager:
     def __init__(self, config: Policy, holder: PolicyHolder) -> None:
         self.config = config
         self.holder = holder
-        self.failures = 0
         self._fingerprint = fingerprint(config.paths)
 
     def reload(self) -> bool:
@@ -71,7 +70,6 @@ class PolicyManager:
         try:
             policy = build_policy_set(self.config)
         except PolicyLoadError as exc:
-            self.failures += 1
             self.holder.metrics.reloads.labels("failure").inc()
             log.error("policy reload rejected, the previous version stays in force: %s", exc)
             return False

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 import httpx
 import yaml
@@ -12,6 +11,7 @@ import yaml
 from proxy.auth.tokens import url_token_hmac
 from tests.integration.proxy_harness import start_proxy
 from tests.leakcheck import secret
+from tests.peers.harness import eventually
 
 KEY = "url-token-key-for-tests-0123456789"
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json",
@@ -26,15 +26,6 @@ def server(name: str, token: str) -> dict:
 
 async def status(http: httpx.AsyncClient, base: str, token: str) -> int:
     return (await http.post(f"{base}/{token}/mcp", json=INIT, headers=HEADERS)).status_code
-
-
-async def eventually(check, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.1)
-    return False
 
 
 async def test_reload_revokes_adds_and_rejects_broken_versions(sdk_upstream, tmp_path):

@@ -17,7 +17,7 @@ from mcp.shared.exceptions import MCPError
 from proxy.app import create_app
 from proxy.config import BUNDLED_POLICIES, load
 from tests.peers.clients import sdk_client
-from tests.peers.harness import free_port, start_server
+from tests.peers.harness import eventually, free_port, start_server
 
 READ_TOOLS = {"list_all_missive_conversations", "get_single_missive_conversation_by_id"}
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json",
@@ -76,15 +76,6 @@ async def _tool_names(url: str) -> set[str]:
         return set(await client.tool_names())
 
 
-async def _wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.2)
-    return False
-
-
 async def test_hot_reload_on_change_keeps_the_last_good_policy(sdk_upstream, proxy_for, tmp_path):
     policies = tmp_path / "policies"
     shutil.copytree(BUNDLED_POLICIES, policies)
@@ -96,16 +87,16 @@ async def test_hot_reload_on_change_keeps_the_last_good_policy(sdk_upstream, pro
     # A new rule file: picked up without restart.
     extra = policies / "mcp" / "hide.rego"
     extra.write_text(HIDE_LIST_ALL)
-    assert await _wait_for(lambda: _equals(proxy.url, {"get_single_missive_conversation_by_id"}))
+    assert await eventually(lambda: _equals(proxy.url, {"get_single_missive_conversation_by_id"}))
 
     # A broken version is refused, named with file and line; the previous one stays in force.
     extra.write_text('package mcp.authz\nimport rego.v1\nhidden_tools contains name if {\n')
-    assert await _wait_for(lambda: _stderr_has(proxy, "hide.rego:"))
+    assert await eventually(lambda: _stderr_has(proxy, "hide.rego:"))
     assert "policy reload rejected, the previous version stays in force" in proxy.handle.stderr()
     assert await _tool_names(proxy.url) == {"get_single_missive_conversation_by_id"}
 
     extra.unlink()
-    assert await _wait_for(lambda: _equals(proxy.url, READ_TOOLS))
+    assert await eventually(lambda: _equals(proxy.url, READ_TOOLS))
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(f"{proxy.base}/metrics")).text
     assert 'mcp_proxy_policy_reloads_total{result="failure"} 1.0' in metrics
@@ -122,7 +113,7 @@ async def test_sighup_reloads(sdk_upstream, proxy_for, tmp_path):
     await asyncio.sleep(1.0)
     assert await _tool_names(proxy.url) == READ_TOOLS  # no polling: nothing changed yet
     proxy.handle.proc.send_signal(signal.SIGHUP)
-    assert await _wait_for(lambda: _equals(proxy.url, {"get_single_missive_conversation_by_id"}))
+    assert await eventually(lambda: _equals(proxy.url, {"get_single_missive_conversation_by_id"}))
     assert proxy.handle.proc.poll() is None
 
 

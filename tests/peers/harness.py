@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -170,3 +171,13 @@ def start_ts_everything(transport: str, workdir: Path) -> tuple[int, ServerHandl
     handle = start_server([str(NODE_PEERS / "loopback.cjs"), str(TS_EVERYTHING), transport], port,
                           {"PORT": str(port)}, log_dir=workdir, command=[node, "-r"])
     return port, handle
+
+
+async def eventually(check: Any, timeout: float = 5.0, interval: float = 0.1) -> bool:
+    """Poll the async predicate `check` until it is true (True) or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(interval)
+    return False
