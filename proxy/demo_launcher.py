@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -68,8 +69,18 @@ def demo_config(upstream_port: int, port: int, host: str) -> tuple[dict[str, Any
     return config, tokens
 
 
-def banner(base: str, tokens: dict[str, str]) -> str:
-    lines = ["", "mcp-policy-proxy demo: the proxy in front of a demo Missive MCP server (in-memory data)", ""]
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def banner(base: str, tokens: dict[str, str], upstream_url: str) -> str:
+    lines = ["", "mcp-policy-proxy demo: the proxy in front of a demo Missive MCP server (in-memory data)",
+             f"  demo upstream (no policy, no auth): {upstream_url}", ""]
     for server in EXAMPLE_SERVERS:
         url = f"{base}/{tokens[server['name']]}/mcp"
         lines += [f"  {server['name']:8} {server['about']}", f"           {url}", ""]
@@ -89,24 +100,55 @@ def banner(base: str, tokens: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+class _Stop(BaseException):
+    """Raised by SIGINT/SIGTERM once uvicorn has shut down (it re-raises the signals it caught)."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def _die_with_parent() -> None:
+    """In the upstream child: get SIGTERM when the launcher dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def run_demo(host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning") -> int:
     from .cli import serve
     from .config import load
 
+    if not _port_free(host, port):
+        print(f"mcp-policy-proxy demo: {host}:{port} is in use: pass another --port", file=sys.stderr)
+        return 2
     upstream_port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    upstream = subprocess.Popen([sys.executable, "-m", "proxy.demo.upstream", "--port", str(upstream_port)], env=env)
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    upstream = subprocess.Popen([sys.executable, "-m", "proxy.demo.upstream", "--port", str(upstream_port)], env=env,
+                                preexec_fn=_die_with_parent)
     try:
-        _wait_for(upstream_port, upstream)
+        try:
+            _wait_for(upstream_port, upstream)
+        except RuntimeError as exc:
+            print(f"mcp-policy-proxy demo: {exc}", file=sys.stderr)
+            return 1
         config, tokens = demo_config(upstream_port, port, host)
         with tempfile.TemporaryDirectory(prefix="mcp-policy-proxy-demo-") as tmp:
             path = Path(tmp) / "demo.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
-            print(banner(f"http://{host}:{port}", tokens), flush=True)
+            print(banner(f"http://{host}:{port}", tokens, f"http://127.0.0.1:{upstream_port}/mcp"), flush=True)
             return serve(load(path), log_level)
+    except _Stop:
+        return 0
     finally:
+        for sig in previous:  # a second Ctrl-C must not interrupt the clean-up (bounded: 5 s)
+            signal.signal(sig, signal.SIG_IGN)
         upstream.terminate()
         try:
             upstream.wait(5)
         except subprocess.TimeoutExpired:
             upstream.kill()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,10 +1,13 @@
 """A deterministic in-memory Missive organisation for the demo upstream.
 
 :func:`build_org` (seeded, default seed 7) creates one organisation with 3 teams, 8 users, 5 shared
-labels, 6 contacts and 50 conversations (1-4 messages and 0-3 comments each); the task list starts
-empty. Everything is plain JSON-able dicts in Missive's REST shapes: ids are UUIDs derived from a
-counter (``uuid5``), times are epoch seconds counted back from a fixed instant, so two orgs built
-with the same seed are identical, and ids of objects created later are deterministic too.
+labels, 7 contacts in one contact book (each in a company group), 2 more contact groups, 3 canned
+responses and 50 conversations (1-4 messages and 0-3 comments each); tasks, webhooks and analytics
+reports start empty. Everything is plain JSON-able dicts in Missive's REST shapes: ids are UUIDs
+derived from a counter (``uuid5``), times are epoch seconds counted back from a fixed instant, so
+two orgs built with the same seed are identical, and ids of objects created later are deterministic
+too. (The contact book, contact groups and responses are seeded last, so the other seeded ids do
+not depend on them.)
 
 Mailbox state that Missive keeps per user (open/closed/snoozed/trashed/junked, flagged) is kept
 org-wide in :attr:`DemoOrg.state`, as seen by the token owner (:attr:`DemoOrg.me`).
@@ -55,6 +58,15 @@ LINES = (
     "I attached the details we discussed on the phone.", "Happy to jump on a call if that is easier.",
     "We saw the same thing again this morning.", "Let me know if you need anything else from us.",
 )
+CONTACT_GROUPS = ("Key accounts", "Beta testers")
+RESPONSES = (
+    ("Acknowledge", None, "Hi,\n\nThanks for reaching out. We are looking into it and will get back to you "
+                          "shortly.\n\nBest,"),
+    ("Refund processed", "Your refund", "Hi,\n\nYour refund has been processed. It should appear on your "
+                                        "statement within 5 business days.\n\nBest,"),
+    ("Password reset steps", "Resetting your password", "Hi,\n\nOpen the login page, click 'Forgot password' "
+                                                         "and follow the link we email you.\n\nBest,"),
+)
 COMMENTS = (
     "Taking this one.", "Looped in engineering, waiting on a fix.", "Customer is on the annual plan.",
     "Checked the logs: looks like a known issue.", "Please prioritise, this is a key account.",
@@ -77,6 +89,12 @@ class DemoOrg:
     posts: dict[str, list[Json]] = field(default_factory=dict)
     drafts: dict[str, list[Json]] = field(default_factory=dict)
     tasks: list[Json] = field(default_factory=list)
+    contact_books: list[Json] = field(default_factory=list)
+    contact_groups: list[Json] = field(default_factory=list)
+    """Groups of kind "group"; "organization" groups live in the contacts' memberships."""
+    responses: list[Json] = field(default_factory=list)
+    hooks: list[Json] = field(default_factory=list)
+    reports: dict[str, Json] = field(default_factory=dict)
     state: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Conversation id → ``{"status": one of MAILBOX_STATES, "flagged": bool}``."""
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -190,8 +208,17 @@ class DemoOrg:
         }
 
     def public(self, conversation_id: str) -> Json:
-        """The conversation as the API returns it (a copy)."""
-        return dict(self.conversations[conversation_id])
+        """The conversation as the API returns it (a copy; the token owner's entry of ``users``
+        carries its mailbox state: closed, snoozed, flagged, …)."""
+        conv = dict(self.conversations[conversation_id])
+        state = self.state[conversation_id]
+        assigned = any(a["id"] == self.me["id"] for a in conv["assignees"])
+        flags = {"assigned": assigned, "unassigned": not assigned, "closed": state["status"] == "closed",
+                 "archived": state["status"] == "closed", "snoozed": state["status"] == "snoozed",
+                 "trashed": state["status"] == "trashed", "junked": state["status"] == "junked",
+                 "flagged": bool(state["flagged"])}
+        conv["users"] = [{**u, **flags} if u["id"] == self.me["id"] else dict(u) for u in conv["users"]]
+        return conv
 
 
 def _address(name: str) -> Json:
@@ -288,4 +315,18 @@ def build_org(seed: int = 7, conversations: int = 50) -> DemoOrg:
             status = "open"
         org.state[cid] = {"status": status, "flagged": rng.random() < 0.15}
         org.touch(cid, conv["last_activity_at"])
+
+    org.contact_books.append({"id": book, "name": "Customers", "description": "Customer contacts",
+                              "user": None, "share_with_organization": True, "share_with_team": None,
+                              "share_with_users": []})
+    for name in CONTACT_GROUPS:
+        org.contact_groups.append({"id": org.new_id("contact_group"), "name": name, "kind": "group",
+                                   "contact_book": book})
+    for n, (title, response_subject, text) in enumerate(RESPONSES):
+        at = BASE_TIME - 86_400 * (120 - 10 * n)
+        org.responses.append({
+            "id": org.new_id("response"), "title": title, "subject": response_subject, "body": text,
+            "shared_labels": [], "attachments": [], "organization": org_ref["id"], "user": None,
+            "share_with_organization": True, "created_at": at, "modified_at": at,
+        })
     return org

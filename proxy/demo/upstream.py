@@ -7,12 +7,22 @@ One process, one Starlette app, both MCP HTTP transports on the same tool set an
 - Streamable HTTP at ``/mcp`` (stateful: ``Mcp-Session-Id``; POST answers are ``text/event-stream``).
 - Legacy HTTP+SSE (2024-11-05) at ``GET /sse`` + ``POST /messages/?session_id=…``.
 
-Tools follow the managed-MCP naming convention (``list_all_missive_<resources>``,
-``get_single_missive_<resource>_by_id``, ``create_a_missive_<resource>``) and answer JSON text
+Tools (the 37 of the Missive catalog, ``policies/catalog/data.yaml``) follow the managed-MCP naming
+convention (``list_all_missive_<resources>``, ``get_single_missive_<resource>_by_id``,
+``create_a_missive_<resource>``, ``update_a_missive_<resource>_by_id``,
+``delete_a_missive_<resource>_by_id``, plus ``merge_missive_conversations``) and answer JSON text
 wrapped by resource key, like Missive's REST API (``{"conversations": [...]}``, ``{"posts": {...}}``).
-List/get tools carry ``readOnlyHint: true``; create tools ``readOnlyHint: false,
-destructiveHint: false``; ``create_a_missive_draft`` and ``create_a_missive_message`` are
-``openWorldHint: true`` (they can send email). Invalid calls are MCP tool errors (``isError``).
+Listings, conversation reads, the create tools of messages/posts/drafts/tasks/contacts and the task
+get/update are defined here; conversation update and merge, message by id and post deletion in
+:mod:`.tools_conversations`; contacts, contact books/groups, shared labels, teams, responses,
+analytics and webhooks in :mod:`.tools_admin` (shared helpers in :mod:`.tools_common`).
+
+Annotations: list/get tools ``readOnlyHint: true``; create tools ``readOnlyHint: false,
+destructiveHint: false``; update tools also ``idempotentHint: true``; delete tools
+``destructiveHint: true, idempotentHint: true``; the merge ``destructiveHint: true``.
+``create_a_missive_draft``, ``create_a_missive_message`` (they can send email) and
+``create_a_missive_hook`` (Missive would POST data to its URL; the demo never does) are
+``openWorldHint: true``. Invalid calls are MCP tool errors (``isError``).
 
 Rate limits (Missive: 5 concurrent, 300/min, 900/15 min) are simulated by :class:`RateLimitMiddleware`.
 DNS-rebinding protection is the SDK's default for a loopback bind (Host must be
@@ -28,40 +38,37 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import ToolAnnotations
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy.demo import tools_admin, tools_conversations
 from proxy.demo.data import DemoOrg, Json, build_org
-
-READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
-CREATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
-SEND = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
+from proxy.demo.tools_common import (
+    CREATE,
+    READ,
+    SEND,
+    TASK_STATES,
+    UPDATE,
+    check_limit,
+    dump,
+    get_conversation,
+    lookup,
+    user_refs,
+)
 
 MAILBOX_FLAGS = ("inbox", "all", "assigned", "closed", "snoozed", "flagged", "trashed", "junked", "drafts")
 MAILBOX_IDS = ("shared_label", "team_inbox", "team_closed", "team_all")
-TASK_STATES = ("todo", "in_progress", "closed")
 
 
 def _newest(items: list[Json], stamp: str, until: int | None, limit: int) -> list[Json]:
     """Newest first, at most `limit`, none after `until` (Missive's pagination)."""
     kept = [item for item in items if until is None or item[stamp] <= until]
     return sorted(kept, key=lambda item: -item[stamp])[:limit]
-
-
-def _dump(key: str, value: Any) -> str:
-    return json.dumps({key: value}, ensure_ascii=False)
-
-
-def _check_limit(limit: int, maximum: int) -> None:
-    if not 1 <= limit <= maximum:
-        raise ToolError(f"limit must be between 1 and {maximum}, got {limit}")
 
 
 def _addresses(fields: list[dict[str, str]] | None, what: str) -> list[Json]:
@@ -72,13 +79,6 @@ def _addresses(fields: list[dict[str, str]] | None, what: str) -> list[Json]:
             raise ToolError(f"each entry of {what} needs an 'address' (an email address), got {item!r}")
         out.append({"name": item.get("name"), "address": address})
     return out
-
-
-def _conversation(org: DemoOrg, conversation: str) -> Json:
-    conv = org.conversations.get(conversation)
-    if conv is None:
-        raise ToolError(f"conversation {conversation!r} not found (404)")
-    return conv
 
 
 def _in_mailbox(org: DemoOrg, conv: Json, flag: str, ident: str | None) -> bool:
@@ -144,7 +144,7 @@ def build_server(org: DemoOrg) -> MCPServer:
             raise ToolError("only one mailbox filter is allowed, got " + ", ".join(k for k, _ in chosen))
         if email and domain:
             raise ToolError("pass at most one of email and domain")
-        _check_limit(limit, 50)
+        check_limit(limit, 50)
         flag, ident = chosen[0]
         with org.lock:
             if flag == "shared_label":
@@ -170,43 +170,43 @@ def build_server(org: DemoOrg) -> MCPServer:
                     continue
                 found.append(org.public(conv["id"]))
         found.sort(key=lambda c: (-c["last_activity_at"], c["id"]))
-        return _dump("conversations", found[:limit])
+        return dump("conversations", found[:limit])
 
     @mcp.tool(annotations=READ)
     def get_single_missive_conversation_by_id(id: str) -> str:
         """Get one conversation by id (Missive GET /conversations/:id)."""
         with org.lock:
-            return _dump("conversations", [dict(_conversation(org, id))])
+            return dump("conversations", [org.public(get_conversation(org, id)["id"])])
 
     @mcp.tool(annotations=READ)
     def list_all_missive_conversation_messages(conversation: str, limit: int = 10, until: int | None = None) -> str:
         """List a conversation's messages, newest first (limit 1-10; until = delivered_at epoch seconds)."""
-        _check_limit(limit, 10)
+        check_limit(limit, 10)
         with org.lock:
-            _conversation(org, conversation)
-            return _dump("messages", _newest(org.messages[conversation], "delivered_at", until, limit))
+            get_conversation(org, conversation)
+            return dump("messages", _newest(org.messages[conversation], "delivered_at", until, limit))
 
     @mcp.tool(annotations=READ)
     def list_all_missive_conversation_comments(conversation: str, limit: int = 10, until: int | None = None) -> str:
         """List a conversation's internal comments, newest first (limit 1-10; until = created_at)."""
-        _check_limit(limit, 10)
+        check_limit(limit, 10)
         with org.lock:
-            _conversation(org, conversation)
-            return _dump("comments", _newest(org.comments[conversation], "created_at", until, limit))
+            get_conversation(org, conversation)
+            return dump("comments", _newest(org.comments[conversation], "created_at", until, limit))
 
     @mcp.tool(annotations=READ)
     def list_all_missive_conversation_posts(conversation: str) -> str:
         """List the posts (integration notes) of a conversation, newest first."""
         with org.lock:
-            _conversation(org, conversation)
-            return _dump("posts", sorted(org.posts.get(conversation, []), key=lambda p: -p["created_at"]))
+            get_conversation(org, conversation)
+            return dump("posts", sorted(org.posts.get(conversation, []), key=lambda p: -p["created_at"]))
 
     @mcp.tool(annotations=READ)
     def list_all_missive_conversation_drafts(conversation: str) -> str:
         """List the unsent (or scheduled) drafts of a conversation."""
         with org.lock:
-            _conversation(org, conversation)
-            return _dump("drafts", list(org.drafts.get(conversation, [])))
+            get_conversation(org, conversation)
+            return dump("drafts", list(org.drafts.get(conversation, [])))
 
     @mcp.tool(annotations=SEND)
     def create_a_missive_message(
@@ -222,12 +222,12 @@ def build_server(org: DemoOrg) -> MCPServer:
         to = _addresses(to_fields, "to_fields")
         with org.lock:
             at = org.now()
-            conv = _conversation(org, conversation) if conversation else org.new_conversation(subject, None, at)
+            conv = get_conversation(org, conversation) if conversation else org.new_conversation(subject, None, at)
             msg = org.make_message(subject or conv["subject"], sender, to, body, at, kind="custom")
             msg["account"] = account
             org.messages[conv["id"]].append(msg)
             org.touch(conv["id"], at)
-            return _dump("messages", {**msg, "conversation": conv["id"]})
+            return dump("messages", {**msg, "conversation": conv["id"]})
 
     @mcp.tool(annotations=CREATE)
     def create_a_missive_post(
@@ -246,7 +246,7 @@ def build_server(org: DemoOrg) -> MCPServer:
         with org.lock:
             at = org.now()
             if conversation:
-                conv = _conversation(org, conversation)
+                conv = get_conversation(org, conversation)
             else:
                 team_obj = org.find(org.teams, team) if team else None
                 if team and team_obj is None:
@@ -257,7 +257,7 @@ def build_server(org: DemoOrg) -> MCPServer:
                     "attachments": [], "created_at": at}
             org.posts.setdefault(conv["id"], []).append(post)
             org.touch(conv["id"], at)
-            return _dump("posts", post)
+            return dump("posts", post)
 
     @mcp.tool(annotations=SEND)
     def create_a_missive_draft(
@@ -275,7 +275,7 @@ def build_server(org: DemoOrg) -> MCPServer:
         with org.lock:
             at = org.now()
             if conversation:
-                conv = _conversation(org, conversation)
+                conv = get_conversation(org, conversation)
                 if not to:
                     to = [a for a in conv["authors"] if not a["address"].endswith("@demo-org.example")][:1]
             else:
@@ -296,7 +296,7 @@ def build_server(org: DemoOrg) -> MCPServer:
                 if send_at is not None:
                     conv["send_later_messages_count"] += 1
             org.touch(conv["id"], at)
-            return _dump("drafts", draft)
+            return dump("drafts", draft)
 
     @mcp.tool(annotations=CREATE)
     def create_a_missive_task(
@@ -320,7 +320,7 @@ def build_server(org: DemoOrg) -> MCPServer:
                     raise ToolError(f"assignee {ident!r} is not a user (use list_all_missive_users)")
                 users.append(org.user_ref(user))
             if conversation:
-                _conversation(org, conversation)
+                get_conversation(org, conversation)
             at = org.now()
             task = {"id": org.new_id("task"), "title": title, "description": description, "state": state,
                     "due_at": due_at, "started_at": at if state == "in_progress" else None,
@@ -330,7 +330,7 @@ def build_server(org: DemoOrg) -> MCPServer:
             org.tasks.append(task)
             if conversation:
                 org.touch(conversation, at)
-            return _dump("tasks", task)
+            return dump("tasks", task)
 
     @mcp.tool(annotations=READ)
     def list_all_missive_tasks(state: str | None = None, team: str | None = None, assignee: str | None = None) -> str:
@@ -340,39 +340,79 @@ def build_server(org: DemoOrg) -> MCPServer:
                      if (state is None or t["state"] == state)
                      and (team is None or (t["team"] or {}).get("id") == team)
                      and (assignee is None or any(a["id"] == assignee for a in t["assignees"]))]
-            return _dump("tasks", items)
+            return dump("tasks", items)
+
+    @mcp.tool(annotations=READ)
+    def get_single_missive_task_by_id(id: str) -> str:
+        """Get one task by id (Missive GET /tasks/:id)."""
+        with org.lock:
+            return dump("tasks", lookup(org, org.tasks, id, "task", "list_all_missive_tasks"))
+
+    @mcp.tool(annotations=UPDATE)
+    def update_a_missive_task_by_id(
+        id: str, state: str | None = None, title: str | None = None, due_at: int | None = None,
+        assignees: list[str] | None = None, description: str | None = None, team: str | None = None,
+    ) -> str:
+        """Update a task (Missive PATCH /tasks/:id); omitted fields are kept.
+
+        state todo|in_progress|closed; due_at in epoch seconds; assignees (user ids) replace the list;
+        team is a team id or name.
+        """
+        if state is not None and state not in TASK_STATES:
+            raise ToolError(f"state must be one of {', '.join(TASK_STATES)}")
+        if all(v is None for v in (state, title, due_at, assignees, description, team)):
+            raise ToolError("nothing to update: pass at least one of state, title, due_at, assignees, "
+                            "description, team")
+        with org.lock:
+            task = lookup(org, org.tasks, id, "task", "list_all_missive_tasks")
+            users = user_refs(org, assignees) if assignees is not None else task["assignees"]
+            new_team = (org.ref(lookup(org, org.teams, team, "team", "list_all_missive_teams")) if team
+                        else task["team"])
+            if not new_team and not users:
+                raise ToolError("a task needs a team or assignees")
+            at = org.now()
+            if state is not None and state != task["state"]:
+                task["started_at"] = at if state == "in_progress" else task["started_at"]
+                task["closed_at"] = at if state == "closed" else None
+                task["state"] = state
+            task.update({"assignees": users, "team": new_team})
+            task.update({k: v for k, v in (("title", title), ("due_at", due_at), ("description", description))
+                         if v is not None})
+            if task["conversation"] in org.conversations:
+                org.touch(task["conversation"], at)
+            return dump("tasks", task)
 
     @mcp.tool(annotations=READ)
     def list_all_missive_users(limit: int = 50, offset: int = 0) -> str:
         """List the organisation's users (the token owner has "me": true)."""
-        _check_limit(limit, 200)
+        check_limit(limit, 200)
         with org.lock:
-            return _dump("users", org.users[offset:offset + limit])
+            return dump("users", org.users[offset:offset + limit])
 
     @mcp.tool(annotations=READ)
     def list_all_missive_teams(limit: int = 50, offset: int = 0) -> str:
         """List the organisation's teams."""
-        _check_limit(limit, 200)
+        check_limit(limit, 200)
         with org.lock:
-            return _dump("teams", org.teams[offset:offset + limit])
+            return dump("teams", org.teams[offset:offset + limit])
 
     @mcp.tool(annotations=READ)
     def list_all_missive_organizations() -> str:
         """List the organisations the token owner belongs to."""
-        return _dump("organizations", [org.organization])
+        return dump("organizations", [org.organization])
 
     @mcp.tool(annotations=READ)
     def list_all_missive_shared_labels(limit: int = 50, offset: int = 0) -> str:
         """List the organisation's shared labels."""
-        _check_limit(limit, 200)
+        check_limit(limit, 200)
         with org.lock:
-            return _dump("shared_labels", org.shared_labels[offset:offset + limit])
+            return dump("shared_labels", org.shared_labels[offset:offset + limit])
 
     @mcp.tool(annotations=READ)
     def list_all_missive_contacts(search: str | None = None, contact_book: str | None = None,
                                   limit: int = 50, offset: int = 0) -> str:
         """List contacts; `search` matches names and email addresses (case-insensitive)."""
-        _check_limit(limit, 200)
+        check_limit(limit, 200)
         with org.lock:
             items = []
             for c in org.contacts:
@@ -382,7 +422,7 @@ def build_server(org: DemoOrg) -> MCPServer:
                 if search and search.lower() not in text.lower():
                     continue
                 items.append(c)
-            return _dump("contacts", items[offset:offset + limit])
+            return dump("contacts", items[offset:offset + limit])
 
     @mcp.tool(annotations=CREATE)
     def create_a_missive_contact(first_name: str | None = None, last_name: str | None = None,
@@ -403,8 +443,10 @@ def build_server(org: DemoOrg) -> MCPServer:
                                                         "name": organization}}] if organization else [],
             }
             org.contacts.append(contact)
-            return _dump("contacts", [contact])
+            return dump("contacts", [contact])
 
+    tools_conversations.register(mcp, org)
+    tools_admin.register(mcp, org)
     return mcp
 
 
@@ -491,10 +533,34 @@ class RateLimitMiddleware:
             self.in_flight -= 1
 
 
+class OneResponseMiddleware:
+    """Drops a second response to one HTTP request. The SDK's legacy ``GET /sse`` handler returns an
+    empty response after its event stream ends (e.g. at shutdown), which uvicorn logs as an error."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = dropping = False
+
+        async def send_once(message: Message) -> None:
+            nonlocal started, dropping
+            if message["type"] == "http.response.start":
+                dropping, started = started, True
+            if not dropping:
+                await send(message)
+
+        await self.app(scope, receive, send_once)
+
+
 def build_app(org: DemoOrg | None = None, *, host: str = "127.0.0.1", concurrent: int = 5, per_minute: int = 300,
               per_15min: int = 900, dns_rebinding_protection: bool = True) -> ASGIApp:
     """One Starlette app serving ``/mcp`` (stateful Streamable HTTP, SSE answers) and ``/sse`` +
-    ``/messages/`` (legacy) from one MCPServer, wrapped in :class:`RateLimitMiddleware`."""
+    ``/messages/`` (legacy) from one MCPServer, wrapped in :class:`RateLimitMiddleware` and
+    :class:`OneResponseMiddleware`."""
     mcp = build_server(org or build_org())
     security = None if dns_rebinding_protection else TransportSecuritySettings(
         enable_dns_rebinding_protection=False)
@@ -505,7 +571,8 @@ def build_app(org: DemoOrg | None = None, *, host: str = "127.0.0.1", concurrent
         return mcp.session_manager.run()  # the Streamable HTTP session manager's task group
 
     app = Starlette(routes=[*streamable.routes, *sse.routes], lifespan=lifespan)
-    return RateLimitMiddleware(app, concurrent=concurrent, per_minute=per_minute, per_15min=per_15min)
+    return RateLimitMiddleware(OneResponseMiddleware(app), concurrent=concurrent, per_minute=per_minute,
+                               per_15min=per_15min)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,24 +6,20 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from proxy.demo.data import VIP_ADDRESS, build_org
+from proxy.demo.upstream import build_server
 from tests.peers.clients import PeerClient, sdk_client, sse_client
 from tests.peers.harness import ServerHandle, free_port, start_server
 
-EXPECTED_TOOLS = {
-    "list_all_missive_conversations", "get_single_missive_conversation_by_id",
-    "list_all_missive_conversation_messages", "list_all_missive_conversation_comments",
-    "list_all_missive_conversation_posts", "list_all_missive_conversation_drafts",
-    "create_a_missive_message", "create_a_missive_post", "create_a_missive_draft", "create_a_missive_task",
-    "list_all_missive_tasks", "list_all_missive_users", "list_all_missive_teams",
-    "list_all_missive_organizations", "list_all_missive_contacts", "create_a_missive_contact",
-    "list_all_missive_shared_labels",
-}
+CATALOG_TOOLS = set(yaml.safe_load(
+    (Path(__file__).resolve().parents[2] / "policies" / "catalog" / "data.yaml").read_text())["tools"])
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": "2025-06-18", "capabilities": {},
                    "clientInfo": {"name": "raw", "version": "0"}}}
@@ -56,19 +52,32 @@ def test_seeded_org_is_deterministic_and_complete() -> None:
     assert all(1 <= len(m) <= 4 for m in a.messages.values())
     assert all(len(c) <= 3 for c in a.comments.values())
     assert any(VIP_ADDRESS in c["authors"][0]["address"] for c in a.conversations.values())
-    assert a.tasks == []
+    assert a.tasks == [] and a.hooks == [] and a.reports == {}
+    assert (len(a.contact_books), len(a.contact_groups), len(a.responses)) == (1, 2, 3)
     assert json.dumps(build_org(seed=8).conversations) != json.dumps(a.conversations)
+
+
+async def test_server_tools_are_the_catalog_tools() -> None:
+    tools = await build_server(build_org()).list_tools()
+    assert len(CATALOG_TOOLS) == 37
+    assert sorted(t.name for t in tools) == sorted(CATALOG_TOOLS)
 
 
 async def test_streamable_tools_and_reads(upstream: str) -> None:
     async with sdk_client(f"{upstream}/mcp", mode="legacy") as client:
         assert client.session_id  # stateful
         tools = {t.name: t for t in (await client.list_tools()).tools}
-        assert set(tools) == EXPECTED_TOOLS
+        assert set(tools) == CATALOG_TOOLS
         hints = {name: tool.annotations for name, tool in tools.items()}
         assert all(hints.values())
         assert all(h.read_only_hint is True for n, h in hints.items() if h and n.startswith(("list_", "get_")))
         assert all(h.read_only_hint is False for n, h in hints.items() if h and n.startswith("create_"))
+        assert all((h.read_only_hint, h.destructive_hint, h.idempotent_hint) == (False, False, True)
+                   for n, h in hints.items() if h and n.startswith("update_"))
+        assert all((h.read_only_hint, h.destructive_hint, h.idempotent_hint, h.open_world_hint)
+                   == (False, True, True, False) for n, h in hints.items() if h and n.startswith("delete_"))
+        merge_hints = hints["merge_missive_conversations"]
+        assert merge_hints and merge_hints.destructive_hint is True
         draft_hints = hints["create_a_missive_draft"]
         assert draft_hints and draft_hints.open_world_hint is True
 
@@ -141,6 +150,64 @@ async def test_writes_over_legacy_sse_are_visible_over_streamable(upstream: str)
         assert conv["drafts_count"] >= 1 and conv["tasks_count"] >= 1
         drafts_box = (await _json(client, "list_all_missive_conversations", {"drafts": True}))["conversations"]
         assert cid in [c["id"] for c in drafts_box]
+
+
+async def test_update_delete_task_and_merge_tools(upstream: str) -> None:
+    async with sdk_client(f"{upstream}/mcp", mode="legacy") as client:
+        inbox = (await _json(client, "list_all_missive_conversations", {"inbox": True, "limit": 50}))["conversations"]
+        cid = inbox[-1]["id"]
+        closed = (await _json(client, "update_a_missive_conversation_by_id",
+                              {"id": cid, "close": True, "add_shared_labels": ["urgent"]}))["conversations"][0]
+        assert closed["id"] == cid and "urgent" in closed["shared_label_names"]
+        assert any(u.get("closed") for u in closed["users"])
+        inbox_ids = [c["id"] for c in (await _json(client, "list_all_missive_conversations",
+                                                   {"inbox": True, "limit": 50}))["conversations"]]
+        assert cid not in inbox_ids
+        assert cid in [c["id"] for c in (await _json(client, "list_all_missive_conversations",
+                                                     {"closed": True, "limit": 50}))["conversations"]]
+        await _json(client, "update_a_missive_conversation_by_id", {"id": cid, "reopen": True})
+        assert cid in [c["id"] for c in (await _json(client, "list_all_missive_conversations",
+                                                     {"inbox": True, "limit": 50}))["conversations"]]
+        assert (await client.call_tool("update_a_missive_conversation_by_id", {"id": cid})).is_error
+        assert (await client.call_tool("update_a_missive_conversation_by_id",
+                                       {"id": cid, "add_shared_labels": ["no-such-label"]})).is_error
+
+        post = (await _json(client, "create_a_missive_post", {"conversation": cid, "text": "temporary"}))["posts"]
+        deleted = (await _json(client, "delete_a_missive_post_by_id", {"id": post["id"]}))["posts"]
+        assert deleted == {"id": post["id"], "deleted": True}
+        posts = (await _json(client, "list_all_missive_conversation_posts", {"conversation": cid}))["posts"]
+        assert post["id"] not in [p["id"] for p in posts]
+        again = await client.call_tool("delete_a_missive_post_by_id", {"id": post["id"]})
+        assert again.is_error and "404" in again.content[0].text  # type: ignore[union-attr]
+
+        users = (await _json(client, "list_all_missive_users"))["users"]
+        task = (await _json(client, "create_a_missive_task",
+                            {"title": "Check logs", "team": "Support", "conversation": cid}))["tasks"]
+        updated = (await _json(client, "update_a_missive_task_by_id",
+                               {"id": task["id"], "state": "closed", "assignees": [users[1]["id"]]}))["tasks"]
+        assert updated["state"] == "closed" and updated["closed_at"] and updated["title"] == "Check logs"
+        assert [a["id"] for a in updated["assignees"]] == [users[1]["id"]]
+        got = (await _json(client, "get_single_missive_task_by_id", {"id": task["id"]}))["tasks"]
+        assert got == updated
+        conv = (await _json(client, "get_single_missive_conversation_by_id", {"id": cid}))["conversations"][0]
+        assert conv["completed_tasks_count"] >= 1
+        assert (await client.call_tool("update_a_missive_task_by_id", {"id": task["id"], "state": "done"})).is_error
+
+        # Merge two closed conversations without the VIP (other tests check VIP conversations).
+        closed_box = (await _json(client, "list_all_missive_conversations",
+                                  {"closed": True, "limit": 50}))["conversations"]
+        target, source = [c for c in closed_box if "vip" not in c["shared_label_names"]][:2]
+        source_messages = (await _json(client, "list_all_missive_conversation_messages",
+                                       {"conversation": source["id"]}))["messages"]
+        merged = (await _json(client, "merge_missive_conversations",
+                              {"id": source["id"], "target": target["id"]}))["conversations"][0]
+        assert merged["id"] == target["id"]
+        assert merged["messages_count"] == target["messages_count"] + source["messages_count"]
+        assert (await client.call_tool("get_single_missive_conversation_by_id", {"id": source["id"]})).is_error
+        moved = (await _json(client, "get_single_missive_message_by_id", {"id": source_messages[0]["id"]}))
+        assert moved["messages"]["conversation"] == target["id"]
+        assert (await client.call_tool("merge_missive_conversations",
+                                       {"id": target["id"], "target": target["id"]})).is_error
 
 
 def test_rate_limit_429_with_headers(tmp_path: Any) -> None:

@@ -1,0 +1,116 @@
+"""`mcp-policy-proxy demo` itself, as a user runs it: the banner's URLs work with the official SDK
+client (Streamable HTTP and legacy SSE), and Ctrl-C — SIGINT to the terminal's process group —
+or a SIGTERM to the launcher stops the proxy and the demo upstream, even with a stream open."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.leakcheck import secret
+from tests.peers.clients import sdk_client, sse_client
+from tests.peers.harness import REPO_ROOT, _port_open, free_port
+
+STARTUP_TIMEOUT = 30.0
+
+
+@dataclass
+class Demo:
+    proc: subprocess.Popen[str]
+    banner: str
+    urls: dict[str, str]
+    upstream_port: int
+    port: int
+
+    def wait_closed(self, timeout: float = 10.0) -> int:
+        """The launcher's exit code, once both ports are closed."""
+        code = self.proc.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while _port_open(self.upstream_port) or _port_open(self.port):
+            assert time.monotonic() < deadline, "a demo process still listens after the launcher exited"
+            time.sleep(0.05)
+        return code
+
+
+def _start(port: int, stderr: Path) -> Demo:
+    """Run the console script in its own process group (as a shell job is) and read its banner."""
+    script = Path(sys.executable).with_name("mcp-policy-proxy")
+    with stderr.open("w") as err:
+        proc = subprocess.Popen([str(script), "demo", "--port", str(port)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                stderr=err, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while "Ctrl-C" not in "".join(lines):
+        assert time.monotonic() < deadline and proc.poll() is None, stderr.read_text()
+        lines.append(proc.stdout.readline())
+    banner = "".join(lines)
+    urls: dict[str, str] = {}
+    for name in ("triage", "support", "admin"):
+        match = re.search(rf"^  {name} .*\n\s+(http://\S+/mcp)$", banner, re.MULTILINE)
+        assert match, banner
+        urls[name] = match.group(1)
+        secret(urls[name].rsplit("/", 2)[1])
+    upstream = re.search(r"demo upstream \(no policy, no auth\): http://127\.0\.0\.1:(\d+)/mcp", banner)
+    assert upstream, banner
+    while not _port_open(port):
+        assert time.monotonic() < deadline and proc.poll() is None, stderr.read_text()
+        time.sleep(0.05)
+    return Demo(proc, banner, urls, int(upstream.group(1)), port)
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[Demo]:
+    running = _start(free_port(), tmp_path / "demo.stderr")
+    yield running
+    if running.proc.poll() is None:
+        os.killpg(running.proc.pid, signal.SIGKILL)
+        running.proc.wait()
+
+
+async def test_banner_urls_work_and_ctrl_c_stops_everything(demo: Demo, tmp_path: Path) -> None:
+    assert "mcp-remote" in demo.banner and "MCP Inspector" in demo.banner and "ChatGPT" in demo.banner
+    async with sdk_client(demo.urls["triage"]) as client:
+        names = await client.tool_names()
+        assert "list_all_missive_conversations" in names and "create_a_missive_post" not in names
+    async with sdk_client(demo.urls["support"]) as client:
+        assert "create_a_missive_draft" in await client.tool_names()
+    # Ctrl-C while a legacy SSE client holds its GET stream open.
+    async with sse_client(demo.urls["admin"].removesuffix("/mcp") + "/sse") as client:
+        assert await client.tool_names()
+        os.killpg(demo.proc.pid, signal.SIGINT)
+        code = await asyncio.to_thread(demo.wait_closed)
+    assert code == 0
+    errors = (tmp_path / "demo.stderr").read_text()
+    assert "Traceback" not in errors, errors
+
+
+async def test_sigterm_to_the_launcher_stops_the_upstream_too(demo: Demo, tmp_path: Path) -> None:
+    """`kill <pid>` (or a container stop) reaches only the launcher: it must stop its child."""
+    demo.proc.terminate()
+    assert await asyncio.to_thread(demo.wait_closed) == 0
+    assert "Traceback" not in (tmp_path / "demo.stderr").read_text()
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        script = Path(sys.executable).with_name("mcp-policy-proxy")
+        done = subprocess.run([str(script), "demo", "--port", str(port)], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=30)
+    assert done.returncode == 2
+    assert f"127.0.0.1:{port} is in use" in done.stderr and "--port" in done.stderr
