@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import BUNDLED_POLICIES, Config, ConfigError, Policy, load
+from .config import BUNDLED_POLICIES, BUNDLED_REF, Config, ConfigError, Policy, load
 from .policy.loader import PolicyLoadError
 
 log = logging.getLogger("mcp_policy_proxy")
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     pol = sub.add_parser("policy", help="policy tools")
     pol_sub = pol.add_subparsers(dest="policy_command", required=True)
     ptest = pol_sub.add_parser("test", help="run every Rego test (test_* rules) with the embedded engine")
-    ptest.add_argument("paths", nargs="*", help="policy files or directories (default: the bundled policies)")
+    ptest.add_argument("paths", nargs="*", help="policy files or directories; @bundled: the shipped ones (default)")
     peval = pol_sub.add_parser("eval", help="print the decision for one input document")
     peval.add_argument("--input", required=True, help="JSON file holding the policy input (docs/policy-input.md)")
     peval.add_argument("--config", help="config file whose policy section to use (default: bundled policies)")
@@ -144,7 +144,7 @@ def token_create(args: argparse.Namespace) -> int:
 def policy_test(paths: list[str]) -> int:
     from .policy.testing import run_rego_tests
 
-    results = run_rego_tests(paths or [BUNDLED_POLICIES])
+    results = run_rego_tests([BUNDLED_POLICIES if p == BUNDLED_REF else p for p in paths] or [BUNDLED_POLICIES])
     for r in results:
         status = "PASS" if r.passed else "FAIL"
         detail = f": {r.error}" if r.error else ""

@@ -20,6 +20,7 @@ import yaml
 
 # The policies shipped with the proxy: the default when a config names none.
 BUNDLED_POLICIES = str(Path(__file__).resolve().parent.parent / "policies")
+BUNDLED_REF = "@bundled"  # in policy.paths: the policies shipped with the proxy, wherever it is installed
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -323,7 +324,7 @@ def parse(data: Any, source: str) -> Config:
                                timeout_ms=opa.positive("timeout_ms", int, OpaSettings.timeout_ms))
     opa.done()
     base = Path(source).parent if source.endswith((".yaml", ".yml", ".json")) else Path.cwd()
-    paths = tuple(str(base / p) for p in pol.strings("paths")) or Policy.paths
+    paths = tuple(BUNDLED_POLICIES if p == BUNDLED_REF else str(base / p) for p in pol.strings("paths")) or Policy.paths
     reload_interval_s = pol.get("reload_interval_s", float, 1.0)
     if reload_interval_s < 0:
         raise pol.err("reload_interval_s", "must be 0 (SIGHUP only) or more")

@@ -1,6 +1,7 @@
 """Tool classification: name → method (list/get/create/update/delete/custom), access, tags.
 
-Order of evidence: an explicit catalog entry (`data.catalog.tools`), the managed-MCP naming
+Order of evidence: an explicit catalog entry (`data.catalog.tools`, each field overridable by a
+deployment's `data.catalog.overrides.tools`), the managed-MCP naming
 convention, the tool's MCP annotations, else custom. Tags come from the entry or from the
 catalog's tag rules (a word of the tool name → tags). Results are cached per (name, read-only
 hint): classification runs once per tool, not once per call.
@@ -36,14 +37,48 @@ class ToolInfo:
                 "annotations": annotations or {}}
 
 
+class CatalogError(ValueError):
+    """Catalog data of the wrong shape; the message names the data path."""
+
+
+def _tools(value: Any, where: str) -> dict[str, dict[str, Any]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CatalogError(f"{where}: must be a mapping of tool name to {{method, access, tags}}")
+    for name, entry in value.items():
+        if not isinstance(entry, dict) or not set(entry) <= {"method", "access", "tags"}:
+            raise CatalogError(f"{where}.{name}: must be a mapping with method, access and/or tags")
+        if "tags" in entry and not (isinstance(entry["tags"], list) and all(isinstance(t, str) for t in entry["tags"])):
+            raise CatalogError(f"{where}.{name}.tags: must be a list of strings")
+    return value
+
+
+def _rules(value: Any, where: str) -> dict[str, tuple[str, ...]]:
+    if value is None:
+        return {}
+    if not isinstance(value, list) or not all(isinstance(r, dict) and isinstance(r.get("word"), str)
+                                              and isinstance(r.get("tags", []), list) for r in value):
+        raise CatalogError(f"{where}: must be a list of {{word, tags}}")
+    return {r["word"]: tuple(str(t) for t in r.get("tags", ())) for r in value}
+
+
 class Catalog:
+    """`data` is `data.catalog`: `tools`, `tag_rules`, and a deployment's `overrides` of both
+    (a tool's fields replace the shipped entry's fields; a rule replaces the rule of its word)."""
+
     def __init__(self, data: dict[str, Any] | None = None) -> None:
         data = data or {}
-        self._tools: dict[str, dict[str, Any]] = data.get("tools") or {}
-        rules = data.get("tag_rules") or []
+        overrides = {} if data.get("overrides") is None else data["overrides"]
+        if not isinstance(overrides, dict):
+            raise CatalogError("data.catalog.overrides: must be a mapping with tools and/or tag_rules")
+        self._tools = dict(_tools(data.get("tools"), "data.catalog.tools"))
+        for name, entry in _tools(overrides.get("tools"), "data.catalog.overrides.tools").items():
+            self._tools[name] = {**self._tools.get(name, {}), **entry}
+        rules = _rules(data.get("tag_rules"), "data.catalog.tag_rules")
+        rules.update(_rules(overrides.get("tag_rules"), "data.catalog.overrides.tag_rules"))
         # Longest words first, so "shared_label" is tried before "label".
-        self._rules = sorted(((str(r["word"]), tuple(r.get("tags", ()))) for r in rules if "word" in r),
-                             key=lambda rule: -len(rule[0]))
+        self._rules = sorted(rules.items(), key=lambda rule: -len(rule[0]))
         self._cache: dict[tuple[str, bool], ToolInfo] = {}
 
     @property

@@ -30,6 +30,16 @@ class PolicyBundle:
     modules: tuple[tuple[str, str], ...]  # (path, source)
     data: dict[str, Any] = field(default_factory=dict)
     revision: str = ""  # sha256 of every file's path and content, shortened
+    data_files: dict[str, str] = field(default_factory=dict)  # "a.b" → the file that defined data.a.b
+
+    def source_of(self, dotted: str) -> str:
+        """The data file behind `data.<dotted>` (its longest defined prefix), or '' if none."""
+        parts = dotted.split(".")
+        for n in range(len(parts), -1, -1):
+            found = self.data_files.get(".".join(parts[:n]))
+            if found:
+                return found
+        return ""
 
 
 def _files(root: Path, include_tests: bool) -> list[Path]:
@@ -64,6 +74,7 @@ def load_bundle(paths: list[str] | tuple[str, ...], require_modules: bool = True
                 include_tests: bool = False) -> PolicyBundle:
     modules: list[tuple[str, str]] = []
     data: dict[str, Any] = {}
+    data_files: dict[str, str] = {}
     digest = hashlib.sha256()
     for root_name in paths:
         root = Path(root_name)
@@ -82,6 +93,7 @@ def load_bundle(paths: list[str] | tuple[str, ...], require_modules: bool = True
                 raise PolicyLoadError(f"{path}: invalid data: {exc}") from None
             keys = path.parent.relative_to(root).parts if root.is_dir() else ()
             _merge(data, keys, value if value is not None else {}, path)
+            data_files[".".join(keys)] = str(path)
     if require_modules and not modules:
         raise PolicyLoadError(f"{', '.join(paths)}: no .rego files found")
-    return PolicyBundle(tuple(modules), data, digest.hexdigest()[:12])
+    return PolicyBundle(tuple(modules), data, digest.hexdigest()[:12], data_files)

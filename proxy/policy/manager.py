@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..config import Policy
-from ..enforce.catalog import Catalog
+from ..enforce.catalog import Catalog, CatalogError
 from ..enforce.enforcer import PolicySet
 from ..observe.metrics import Metrics
 from .embedded import EmbeddedEngine
@@ -36,7 +36,12 @@ def build_policy_set(config: Policy) -> PolicySet:
         engine = OpaEngine(config.opa.url, config.query, config.opa.timeout_ms)
     else:
         engine = EmbeddedEngine(bundle, config.query)
-    return PolicySet(engine, Catalog(bundle.data.get("catalog")))
+    try:
+        catalog = Catalog(bundle.data.get("catalog"))
+    except CatalogError as exc:
+        where = str(exc).split(":", 1)[0].removeprefix("data.")
+        raise PolicyLoadError(f"{bundle.source_of(where) or ', '.join(config.paths)}: {exc}") from None
+    return PolicySet(engine, catalog)
 
 
 def fingerprint(paths: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:

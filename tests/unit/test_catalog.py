@@ -1,6 +1,9 @@
 import pytest
 
-from proxy.enforce.catalog import Catalog
+from proxy.config import BUNDLED_POLICIES, load
+from proxy.enforce.catalog import Catalog, CatalogError
+from proxy.policy.loader import PolicyLoadError
+from proxy.policy.manager import build_policy_set
 
 CATALOG = Catalog({
     "tools": {"merge_missive_conversations": {"method": "merge", "access": "custom", "tags": ["conversations"]},
@@ -42,3 +45,54 @@ def test_tags_from_entries_and_rules():
 
 def test_empty_catalog_still_classifies():
     assert Catalog().classify("list_all_things").method == "list"
+
+
+def test_overrides_replace_fields_of_entries_and_rules():
+    catalog = Catalog({
+        "tools": {"create_a_missive_post": {"method": "create", "access": "write", "tags": ["posts"]}},
+        "tag_rules": [{"word": "report", "tags": ["analytics"]}],
+        "overrides": {
+            "tools": {"create_a_missive_post": {"tags": ["posts", "notes"]},      # re-tagged, method kept
+                      "search_inbox": {"method": "list", "access": "read", "tags": ["conversations"]}},
+            "tag_rules": [{"word": "report", "tags": ["reports"]}, {"word": "invoice", "tags": ["billing"]}],
+        },
+    })
+    post = catalog.classify("create_a_missive_post")
+    assert (post.method, post.access, post.tags) == ("create", "write", ("posts", "notes"))
+    assert catalog.classify("search_inbox").access == "read"
+    assert catalog.classify("get_single_report_by_id").tags == ("reports",)
+    assert catalog.classify("list_all_invoices").tags == ("billing",)
+    assert "search_inbox" in catalog.known_names
+
+
+@pytest.mark.parametrize(("data", "where"), [
+    ({"tools": ["a"]}, "data.catalog.tools"),
+    ({"tools": {"a": {"method": "get", "colour": "red"}}}, "data.catalog.tools.a"),
+    ({"overrides": {"tools": {"a": {"tags": "x"}}}}, "data.catalog.overrides.tools.a.tags"),
+    ({"overrides": {"tag_rules": [{"tags": ["x"]}]}}, "data.catalog.overrides.tag_rules"),
+    ({"overrides": []}, "data.catalog.overrides"),
+])
+def test_malformed_catalog_data_is_refused_naming_the_path(data, where):
+    with pytest.raises(CatalogError) as err:
+        Catalog(data)
+    assert str(err.value).startswith(where + ":")
+
+
+def test_a_deployment_extends_the_bundled_policies(tmp_path):
+    """`policy.paths: ["@bundled", extra/]`: the shipped policies and catalog, plus the deployment's
+    overrides; a malformed overrides file is refused naming that file."""
+    extra = tmp_path / "extra"
+    (extra / "catalog" / "overrides").mkdir(parents=True)
+    overrides = extra / "catalog" / "overrides" / "data.yaml"
+    overrides.write_text("tools:\n  create_a_missive_post: {tags: [posts, notes]}\n")
+    config_file = tmp_path / "proxy.yaml"
+    config_file.write_text("upstream: {url: http://127.0.0.1:9/mcp}\npolicy: {paths: ['@bundled', extra/]}\n")
+    config = load(config_file)
+    assert config.policy.paths == (BUNDLED_POLICIES, str(extra))
+    catalog = build_policy_set(config.policy).catalog
+    assert catalog.classify("create_a_missive_post").tags == ("posts", "notes")
+    assert catalog.classify("list_all_missive_conversations").tags == ("conversations", "support")
+    overrides.write_text("tools:\n  create_a_missive_post: {tags: notes}\n")
+    with pytest.raises(PolicyLoadError) as err:
+        build_policy_set(config.policy)
+    assert str(err.value).startswith(f"{overrides}: data.catalog.overrides.tools.create_a_missive_post.tags:")

@@ -111,3 +111,31 @@ def test_token_create_prints_the_url_once_and_only_the_hmac_for_the_config(capsy
     monkeypatch.delenv("URL_TOKEN_KEY")
     assert main(["token", "create", "--server", "triage"]) == 2
     assert "no URL token key" in capsys.readouterr().err
+
+
+def test_a_site_extension_of_the_bundled_policies(tmp_path, capsys):
+    """`@bundled` plus a directory of the deployment's own rules and tests."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "site.rego").write_text(
+        "package mcp.authz\nimport rego.v1\n"
+        'deny contains "posting is frozen here" if {\n  input.tool.name == "create_a_missive_post"\n'
+        '  input.server.params.site_freeze == true\n}\n')
+    (site / "site_test.rego").write_text(
+        "package mcp.site_test\nimport rego.v1\n"
+        'test_freeze if {\n  "posting is frozen here" in data.mcp.authz.deny with input as '
+        '{"tool": {"name": "create_a_missive_post"}, "server": {"params": {"site_freeze": true}}}\n}\n')
+    assert main(["policy", "test", "@bundled", str(site)]) == 0
+    out = capsys.readouterr().out
+    assert "PASS mcp.site_test.test_freeze" in out and "PASS mcp.authz_test." in out
+    config = tmp_path / "proxy.yaml"
+    config.write_text("upstream: {url: http://127.0.0.1:9/mcp}\npolicy: {paths: ['@bundled', site/]}\n")
+    doc = tmp_path / "input.json"
+    doc.write_text('{"version": 1, "time": "2026-11-23T20:00:00Z", "server": {"name": "s", "methods": ["read", '
+                   '"create"], "tags": [], "require_api_token_auth": false, "expires_at": null, '
+                   '"params": {"site_freeze": true}}, "principal": {"authenticated": false, "via": []}, '
+                   '"message": {"kind": "request", "direction": "client_to_server", "method": "tools/call", '
+                   '"name": "create_a_missive_post"}, "tool": {"name": "create_a_missive_post", "method": "create", '
+                   '"access": "write", "tags": ["posts"], "annotations": {}, "arguments": {}}}')
+    assert main(["policy", "eval", "--input", str(doc), "--config", str(config)]) == 0
+    assert "posting is frozen here" in capsys.readouterr().out
