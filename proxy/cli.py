@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080)
     demo.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    demo.add_argument("--public-url", help="the URL clients use (e.g. an HTTPS tunnel's); printed in the URLs")
 
     tok = sub.add_parser("token", help="URL tokens")
     tok_sub = tok.add_subparsers(dest="token_command", required=True)
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from .demo_launcher import run_demo
 
-            return run_demo(args.host, args.port, args.log_level)
+            return run_demo(args.host, args.port, args.log_level, args.public_url)
         if args.command == "token":
             return token_create(args)
         if args.command == "policy":

@@ -52,7 +52,8 @@ def _wait_for(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
     raise RuntimeError("the demo upstream did not start in time")
 
 
-def demo_config(upstream_port: int, port: int, host: str) -> tuple[dict[str, Any], dict[str, str]]:
+def demo_config(upstream_port: int, port: int, host: str,
+                public_url: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """The proxy config for the demo, and the URL token of each example server."""
     key = secrets.token_urlsafe(32)
     tokens = {s["name"]: mint_token() for s in EXAMPLE_SERVERS}
@@ -60,7 +61,7 @@ def demo_config(upstream_port: int, port: int, host: str) -> tuple[dict[str, Any
                for s in EXAMPLE_SERVERS]
     config = {
         "listen": {"host": host, "port": port},
-        "public_url": f"http://{host}:{port}",
+        "public_url": public_url or f"http://{host}:{port}",
         "upstream": {"url": f"http://127.0.0.1:{upstream_port}/mcp", "sse_url": f"http://127.0.0.1:{upstream_port}/sse"},
         "auth": {"url_token_key": key},
         "servers": servers,
@@ -79,19 +80,23 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def banner(base: str, tokens: dict[str, str], upstream_url: str) -> str:
+    """What the demo prints: each server's URL and token, and how to connect common clients."""
     lines = ["", "mcp-policy-proxy demo: the proxy in front of a demo Missive MCP server (in-memory data)",
              f"  demo upstream (no policy, no auth): {upstream_url}", ""]
     for server in EXAMPLE_SERVERS:
-        url = f"{base}/{tokens[server['name']]}/mcp"
-        lines += [f"  {server['name']:8} {server['about']}", f"           {url}", ""]
+        token = tokens[server["name"]]
+        lines += [f"  {server['name']:8} {server['about']}", f"           {base}/{token}/mcp",
+                  f"           token {token} (in the URL: no header needed)", ""]
     triage = f"{base}/{tokens['triage']}/mcp"
     lines += [
         "Connect with:",
         f"  MCP Inspector:  npx @modelcontextprotocol/inspector --cli {triage} --transport http --method tools/list",
+        "    or `npx @modelcontextprotocol/inspector` and, in its UI, Transport: Streamable HTTP, URL: a URL above.",
         "  Claude Desktop (mcp-remote), in claude_desktop_config.json:",
-        '    {"mcpServers": {"missive-triage": {"command": "npx", "args": ["mcp-remote", "' + triage + '"]}}}',
-        "  ChatGPT connector: add a custom connector with the server URL above (the proxy must be reachable",
-        "    from ChatGPT: put it behind an HTTPS tunnel or ingress and set public_url).",
+        '    {"mcpServers": {"missive-triage": {"command": "npx", "args": ["-y", "mcp-remote", "' + triage + '"]}}}',
+        "  ChatGPT connector (developer mode): Settings > Connectors > Create, URL: a server URL above,",
+        "    authentication: none (the token is in the URL). ChatGPT must reach it over HTTPS: run a tunnel",
+        "    (e.g. `cloudflared tunnel --url http://127.0.0.1:PORT`) and restart with --public-url https://….",
         "  Legacy SSE clients: the same URLs with /sse instead of /mcp.",
         "",
         "Ctrl-C stops the proxy and the demo upstream.",
@@ -116,7 +121,8 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def run_demo(host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning") -> int:
+def run_demo(host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning",
+             public_url: str | None = None) -> int:
     from .cli import serve
     from .config import load
 
@@ -134,11 +140,11 @@ def run_demo(host: str = "127.0.0.1", port: int = 8080, log_level: str = "warnin
         except RuntimeError as exc:
             print(f"mcp-policy-proxy demo: {exc}", file=sys.stderr)
             return 1
-        config, tokens = demo_config(upstream_port, port, host)
+        config, tokens = demo_config(upstream_port, port, host, public_url)
         with tempfile.TemporaryDirectory(prefix="mcp-policy-proxy-demo-") as tmp:
             path = Path(tmp) / "demo.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
-            print(banner(f"http://{host}:{port}", tokens, f"http://127.0.0.1:{upstream_port}/mcp"), flush=True)
+            print(banner(config["public_url"].rstrip("/"), tokens, f"http://127.0.0.1:{upstream_port}/mcp"), flush=True)
             return serve(load(path), log_level)
     except _Stop:
         return 0

@@ -57,10 +57,10 @@ def _start(port: int, stderr: Path) -> Demo:
     banner = "".join(lines)
     urls: dict[str, str] = {}
     for name in ("triage", "support", "admin"):
-        match = re.search(rf"^  {name} .*\n\s+(http://\S+/mcp)$", banner, re.MULTILINE)
-        assert match, banner
+        match = re.search(rf"^  {name} .*\n\s+(http://\S+/(\S+)/mcp)\n\s+token (\S+) ", banner, re.MULTILINE)
+        assert match and match.group(2) == match.group(3), banner
         urls[name] = match.group(1)
-        secret(urls[name].rsplit("/", 2)[1])
+        secret(match.group(2))
     upstream = re.search(r"demo upstream \(no policy, no auth\): http://127\.0\.0\.1:(\d+)/mcp", banner)
     assert upstream, banner
     while not _port_open(port):

@@ -139,3 +139,17 @@ def test_a_site_extension_of_the_bundled_policies(tmp_path, capsys):
                    '"access": "write", "tags": ["posts"], "annotations": {}, "arguments": {}}}')
     assert main(["policy", "eval", "--input", str(doc), "--config", str(config)]) == 0
     assert "posting is frozen here" in capsys.readouterr().out
+
+
+def test_demo_config_and_banner_with_a_public_url():
+    from proxy.demo_launcher import banner, demo_config
+
+    config, tokens = demo_config(9001, 8080, "127.0.0.1", "https://demo.example.net")
+    assert config["public_url"] == "https://demo.example.net" and config["listen"] == {"host": "127.0.0.1",
+                                                                                        "port": 8080}
+    assert [s["name"] for s in config["servers"]] == ["triage", "support", "admin"]
+    assert all("token_hmac" in s and tokens[s["name"]] not in str(s) for s in config["servers"])
+    text = banner(config["public_url"], tokens, "http://127.0.0.1:9001/mcp")
+    for token in tokens.values():
+        assert f"https://demo.example.net/{token}/mcp" in text and f"token {token} " in text
+    assert '"args": ["-y", "mcp-remote", "https://demo.example.net/' in text
