@@ -14,7 +14,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 from proxy.demo.data import ORG_DOMAIN, DemoOrg, Json
-from proxy.demo.tools_common import CREATE, DELETE, READ, SEND, UPDATE, check_limit, dump, lookup
+from proxy.demo.tools_common import CREATE, DELETE, READ, SEND, UPDATE, check_limit, dump, lookup, page
 
 COLOR = re.compile(r"^#(?:[0-9a-fA-F]{3}){1,2}$")
 HOOK_TYPE = re.compile(r"^[a-z][a-z_]*$")
@@ -95,9 +95,7 @@ def register(mcp: MCPServer, org: DemoOrg) -> None:
     @mcp.tool(annotations=READ)
     def list_all_missive_contact_books(limit: int = 50, offset: int = 0) -> str:
         """List the contact books the token owner can see."""
-        check_limit(limit, 200)
-        with org.lock:
-            return dump("contact_books", org.contact_books[offset:offset + limit])
+        return page(org, "contact_books", lambda: org.contact_books, limit, offset)
 
     @mcp.tool(annotations=READ)
     def list_all_missive_contact_groups(contact_book: str | None = None, kind: str | None = None,
@@ -201,9 +199,7 @@ def register(mcp: MCPServer, org: DemoOrg) -> None:
     @mcp.tool(annotations=READ)
     def list_all_missive_responses(limit: int = 50, offset: int = 0) -> str:
         """List the canned responses (reply templates) of the organisation."""
-        check_limit(limit, 200)
-        with org.lock:
-            return dump("responses", org.responses[offset:offset + limit])
+        return page(org, "responses", lambda: org.responses, limit, offset)
 
     @mcp.tool(annotations=READ)
     def get_single_missive_response_by_id(id: str) -> str:

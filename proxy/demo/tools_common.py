@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from mcp.server.mcpserver.exceptions import ToolError
@@ -28,6 +29,13 @@ def dump(key: str, value: Any) -> str:
 def check_limit(limit: int, maximum: int) -> None:
     if not 1 <= limit <= maximum:
         raise ToolError(f"limit must be between 1 and {maximum}, got {limit}")
+
+
+def page(org: DemoOrg, key: str, items: Callable[[], list[Json]], limit: int, offset: int) -> str:
+    """One offset page (limit 1-200) of `items()`, read under the org's lock, wrapped by `key`."""
+    check_limit(limit, 200)
+    with org.lock:
+        return dump(key, items()[offset:offset + limit])
 
 
 def get_conversation(org: DemoOrg, ident: str) -> Json:

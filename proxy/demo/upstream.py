@@ -58,6 +58,7 @@ from proxy.demo.tools_common import (
     dump,
     get_conversation,
     lookup,
+    page,
     user_refs,
 )
 
@@ -385,16 +386,12 @@ def build_server(org: DemoOrg) -> MCPServer:
     @mcp.tool(annotations=READ)
     def list_all_missive_users(limit: int = 50, offset: int = 0) -> str:
         """List the organisation's users (the token owner has "me": true)."""
-        check_limit(limit, 200)
-        with org.lock:
-            return dump("users", org.users[offset:offset + limit])
+        return page(org, "users", lambda: org.users, limit, offset)
 
     @mcp.tool(annotations=READ)
     def list_all_missive_teams(limit: int = 50, offset: int = 0) -> str:
         """List the organisation's teams."""
-        check_limit(limit, 200)
-        with org.lock:
-            return dump("teams", org.teams[offset:offset + limit])
+        return page(org, "teams", lambda: org.teams, limit, offset)
 
     @mcp.tool(annotations=READ)
     def list_all_missive_organizations() -> str:
@@ -404,9 +401,7 @@ def build_server(org: DemoOrg) -> MCPServer:
     @mcp.tool(annotations=READ)
     def list_all_missive_shared_labels(limit: int = 50, offset: int = 0) -> str:
         """List the organisation's shared labels."""
-        check_limit(limit, 200)
-        with org.lock:
-            return dump("shared_labels", org.shared_labels[offset:offset + limit])
+        return page(org, "shared_labels", lambda: org.shared_labels, limit, offset)
 
     @mcp.tool(annotations=READ)
     def list_all_missive_contacts(search: str | None = None, contact_book: str | None = None,

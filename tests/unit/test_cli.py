@@ -1,4 +1,19 @@
+import json
+
 from proxy.cli import main
+
+
+def post_call_input(methods: list[str], params: dict) -> str:
+    """A policy input document: server `s` with `methods` and `params`, calling create_a_missive_post."""
+    return json.dumps({
+        "version": 1, "time": "2026-11-23T20:00:00Z",
+        "server": {"name": "s", "methods": methods, "tags": [], "require_api_token_auth": False,
+                   "expires_at": None, "params": params},
+        "principal": {"authenticated": False, "via": []},
+        "message": {"kind": "request", "direction": "client_to_server", "method": "tools/call",
+                    "name": "create_a_missive_post"},
+        "tool": {"name": "create_a_missive_post", "method": "create", "access": "write", "tags": ["posts"],
+                 "annotations": {}, "arguments": {}}})
 
 
 def test_config_check_ok_and_error(tmp_path, capsys):
@@ -43,12 +58,7 @@ def test_policy_test_and_eval(tmp_path, capsys):
     assert "FAIL t.test_bad" in capsys.readouterr().out
 
     doc = tmp_path / "input.json"
-    doc.write_text('{"version": 1, "time": "2026-11-23T20:00:00Z", "server": {"name": "s", "methods": ["read"], '
-                   '"tags": [], "require_api_token_auth": false, "expires_at": null, "params": {}}, '
-                   '"principal": {"authenticated": false, "via": []}, '
-                   '"message": {"kind": "request", "direction": "client_to_server", "method": "tools/call", '
-                   '"name": "create_a_missive_post"}, "tool": {"name": "create_a_missive_post", "method": "create", '
-                   '"access": "write", "tags": ["posts"], "annotations": {}, "arguments": {}}}')
+    doc.write_text(post_call_input(["read"], {}))
     assert main(["policy", "eval", "--input", str(doc)]) == 0
     out = capsys.readouterr().out
     assert '"allow": false' in out and "create is not among the methods of server s (read)" in out
@@ -131,12 +141,7 @@ def test_a_site_extension_of_the_bundled_policies(tmp_path, capsys):
     config = tmp_path / "proxy.yaml"
     config.write_text("upstream: {url: http://127.0.0.1:9/mcp}\npolicy: {paths: ['@bundled', site/]}\n")
     doc = tmp_path / "input.json"
-    doc.write_text('{"version": 1, "time": "2026-11-23T20:00:00Z", "server": {"name": "s", "methods": ["read", '
-                   '"create"], "tags": [], "require_api_token_auth": false, "expires_at": null, '
-                   '"params": {"site_freeze": true}}, "principal": {"authenticated": false, "via": []}, '
-                   '"message": {"kind": "request", "direction": "client_to_server", "method": "tools/call", '
-                   '"name": "create_a_missive_post"}, "tool": {"name": "create_a_missive_post", "method": "create", '
-                   '"access": "write", "tags": ["posts"], "annotations": {}, "arguments": {}}}')
+    doc.write_text(post_call_input(["read", "create"], {"site_freeze": True}))
     assert main(["policy", "eval", "--input", str(doc), "--config", str(config)]) == 0
     assert "posting is frozen here" in capsys.readouterr().out
 
