@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
-    check = cfg_sub.add_parser("check", help="validate a config file and exit")
+    check = cfg_sub.add_parser("check", help="validate a config file and its policies, and exit")
     check.add_argument("file")
     return p
 
@@ -197,9 +197,13 @@ def main(argv: list[str] | None = None) -> int:
                 return policy_test(args.paths)
             return policy_eval(args.input, args.config)
         if args.command == "config":
+            from .policy.manager import build_policy_set
+
             config = load(args.file)
+            build_policy_set(config.policy)  # the policies must load and compile too (OPA is not contacted)
             names = ", ".join(s.name for s in config.servers)
-            print(f"{args.file}: ok ({len(config.servers)} server(s): {names}; upstream {config.upstream.url})")
+            print(f"{args.file}: ok ({len(config.servers)} server(s): {names}; upstream {config.upstream.url}; "
+                  f"policies {', '.join(config.policy.paths)})")
             return 0
     except (ConfigError, PolicyLoadError) as exc:
         print(f"mcp-policy-proxy: {exc}", file=sys.stderr)

@@ -158,3 +158,16 @@ def test_demo_config_and_banner_with_a_public_url():
     for token in tokens.values():
         assert f"https://demo.example.net/{token}/mcp" in text and f"token {token} " in text
     assert '"args": ["-y", "mcp-remote", "https://demo.example.net/' in text
+
+
+def test_config_check_compiles_the_policies(tmp_path, capsys):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "broken.rego").write_text("package mcp.authz\nimport rego.v1\ndeny contains msg if {\n")
+    config = tmp_path / "proxy.yaml"
+    config.write_text("upstream: {url: http://127.0.0.1:9/mcp}\npolicy: {paths: ['@bundled', site/]}\n")
+    assert main(["config", "check", str(config)]) == 2
+    assert "broken.rego" in capsys.readouterr().err
+    (site / "broken.rego").unlink()
+    assert main(["config", "check", str(config)]) == 0
+    assert "ok (" in capsys.readouterr().out
