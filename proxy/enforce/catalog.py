@@ -38,19 +38,27 @@ class ToolInfo:
 
 
 class CatalogError(ValueError):
-    """Catalog data of the wrong shape; the message names the data path."""
+    """Catalog data of the wrong shape at `path` (e.g. `data.catalog.overrides.tools.x.tags`)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
 
 
 def _tools(value: Any, where: str) -> dict[str, dict[str, Any]]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise CatalogError(f"{where}: must be a mapping of tool name to {{method, access, tags}}")
+        raise CatalogError(where, "must be a mapping of tool name to {method, access, tags}")
     for name, entry in value.items():
         if not isinstance(entry, dict) or not set(entry) <= {"method", "access", "tags"}:
-            raise CatalogError(f"{where}.{name}: must be a mapping with method, access and/or tags")
+            raise CatalogError(f"{where}.{name}", "must be a mapping with method, access and/or tags")
+        if not isinstance(entry.get("method", ""), str) or not entry.get("method", "x"):
+            raise CatalogError(f"{where}.{name}.method", "must be a non-empty string")
+        if entry.get("access", "read") not in ("read", "write", "custom"):
+            raise CatalogError(f"{where}.{name}.access", "must be read, write or custom")
         if "tags" in entry and not (isinstance(entry["tags"], list) and all(isinstance(t, str) for t in entry["tags"])):
-            raise CatalogError(f"{where}.{name}.tags: must be a list of strings")
+            raise CatalogError(f"{where}.{name}.tags", "must be a list of strings")
     return value
 
 
@@ -59,7 +67,7 @@ def _rules(value: Any, where: str) -> dict[str, tuple[str, ...]]:
         return {}
     if not isinstance(value, list) or not all(isinstance(r, dict) and isinstance(r.get("word"), str)
                                               and isinstance(r.get("tags", []), list) for r in value):
-        raise CatalogError(f"{where}: must be a list of {{word, tags}}")
+        raise CatalogError(where, "must be a list of {word, tags}")
     return {r["word"]: tuple(str(t) for t in r.get("tags", ())) for r in value}
 
 
@@ -71,7 +79,7 @@ class Catalog:
         data = data or {}
         overrides = {} if data.get("overrides") is None else data["overrides"]
         if not isinstance(overrides, dict):
-            raise CatalogError("data.catalog.overrides: must be a mapping with tools and/or tag_rules")
+            raise CatalogError("data.catalog.overrides", "must be a mapping with tools and/or tag_rules")
         self._tools = dict(_tools(data.get("tools"), "data.catalog.tools"))
         for name, entry in _tools(overrides.get("tools"), "data.catalog.overrides.tools").items():
             self._tools[name] = {**self._tools.get(name, {}), **entry}

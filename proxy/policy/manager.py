@@ -39,8 +39,8 @@ def build_policy_set(config: Policy) -> PolicySet:
     try:
         catalog = Catalog(bundle.data.get("catalog"))
     except CatalogError as exc:
-        where = str(exc).split(":", 1)[0].removeprefix("data.")
-        raise PolicyLoadError(f"{bundle.source_of(where) or ', '.join(config.paths)}: {exc}") from None
+        source = bundle.source_of(exc.path.removeprefix("data.")) or ", ".join(config.paths)
+        raise PolicyLoadError(f"{source}: {exc}") from None
     return PolicySet(engine, catalog)
 
 

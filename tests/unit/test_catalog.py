@@ -71,6 +71,8 @@ def test_overrides_replace_fields_of_entries_and_rules():
     ({"overrides": {"tools": {"a": {"tags": "x"}}}}, "data.catalog.overrides.tools.a.tags"),
     ({"overrides": {"tag_rules": [{"tags": ["x"]}]}}, "data.catalog.overrides.tag_rules"),
     ({"overrides": []}, "data.catalog.overrides"),
+    ({"overrides": {"tools": {"a": {"access": "admin"}}}}, "data.catalog.overrides.tools.a.access"),
+    ({"tools": {"a": {"method": 3}}}, "data.catalog.tools.a.method"),
 ])
 def test_malformed_catalog_data_is_refused_naming_the_path(data, where):
     with pytest.raises(CatalogError) as err:
