@@ -300,20 +300,22 @@ class JWTVerifier:
             await session.close()
 
 
+# pyjwt's exceptions → TokenError reasons; subclasses before their bases.
+_REASONS: tuple[tuple[type[jwt_errors.PyJWTError], str], ...] = (
+    (jwt_errors.InvalidSignatureError, "bad_signature"),
+    (jwt_errors.ExpiredSignatureError, "expired"),
+    (jwt_errors.ImmatureSignatureError, "not_yet_valid"),
+    (jwt_errors.InvalidAudienceError, "wrong_audience"),
+    (jwt_errors.InvalidIssuerError, "wrong_issuer"),
+    (jwt_errors.InvalidAlgorithmError, "disallowed_algorithm"),
+)
+
+
 def _reason(exc: jwt_errors.PyJWTError) -> str:
-    """The TokenError reason for one of pyjwt's exceptions (subclasses before their bases)."""
-    if isinstance(exc, jwt_errors.InvalidSignatureError):
-        return "bad_signature"
-    if isinstance(exc, jwt_errors.ExpiredSignatureError):
-        return "expired"
-    if isinstance(exc, jwt_errors.ImmatureSignatureError):
-        return "not_yet_valid"
-    if isinstance(exc, jwt_errors.InvalidAudienceError):
-        return "wrong_audience"
-    if isinstance(exc, jwt_errors.InvalidIssuerError):
-        return "wrong_issuer"
-    if isinstance(exc, jwt_errors.InvalidAlgorithmError):
-        return "disallowed_algorithm"
+    """The TokenError reason for one of pyjwt's exceptions."""
+    for kind, reason in _REASONS:
+        if isinstance(exc, kind):
+            return reason
     if isinstance(exc, jwt_errors.MissingRequiredClaimError):
         return {"aud": "wrong_audience", "iss": "wrong_issuer"}.get(exc.claim, "malformed")
     return "malformed"

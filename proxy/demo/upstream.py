@@ -179,21 +179,23 @@ def build_server(org: DemoOrg) -> MCPServer:
         with org.lock:
             return dump("conversations", [org.public(get_conversation(org, id)["id"])])
 
-    @mcp.tool(annotations=READ)
-    def list_all_missive_conversation_messages(conversation: str, limit: int = 10, until: int | None = None) -> str:
-        """List a conversation's messages, newest first (limit 1-10; until = delivered_at epoch seconds)."""
+    def conversation_items(key: str, store: dict[str, list[Json]], stamp: str, conversation: str, limit: int,
+                           until: int | None) -> str:
+        """A conversation's messages or comments, newest first (limit 1-10, `until` on `stamp`)."""
         check_limit(limit, 10)
         with org.lock:
             get_conversation(org, conversation)
-            return dump("messages", _newest(org.messages[conversation], "delivered_at", until, limit))
+            return dump(key, _newest(store[conversation], stamp, until, limit))
+
+    @mcp.tool(annotations=READ)
+    def list_all_missive_conversation_messages(conversation: str, limit: int = 10, until: int | None = None) -> str:
+        """List a conversation's messages, newest first (limit 1-10; until = delivered_at epoch seconds)."""
+        return conversation_items("messages", org.messages, "delivered_at", conversation, limit, until)
 
     @mcp.tool(annotations=READ)
     def list_all_missive_conversation_comments(conversation: str, limit: int = 10, until: int | None = None) -> str:
         """List a conversation's internal comments, newest first (limit 1-10; until = created_at)."""
-        check_limit(limit, 10)
-        with org.lock:
-            get_conversation(org, conversation)
-            return dump("comments", _newest(org.comments[conversation], "created_at", until, limit))
+        return conversation_items("comments", org.comments, "created_at", conversation, limit, until)
 
     @mcp.tool(annotations=READ)
     def list_all_missive_conversation_posts(conversation: str) -> str:

@@ -129,13 +129,9 @@ async def test_key_rotation_is_picked_up(stack, keys):
 
 async def test_policy_can_ask_for_a_scope_with_403(sdk_upstream, tmp_path, keys):
     """An extension rule sets insufficient_scope: the proxy answers 403 with the challenge."""
-    import shutil
-
-    from proxy.config import BUNDLED_POLICIES
-
-    policies = tmp_path / "policies"
-    shutil.copytree(BUNDLED_POLICIES, policies)
-    (policies / "mcp" / "scopes.rego").write_text(
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "scopes.rego").write_text(
         'package mcp.authz\nimport rego.v1\n'
         'insufficient_scope := "mcp:write" if {\n  input.tool.access == "write"\n'
         '  not "mcp:write" in input.principal.scopes\n}\n'
@@ -147,7 +143,7 @@ async def test_policy_can_ask_for_a_scope_with_403(sdk_upstream, tmp_path, keys)
     port = free_port()
     public_url = f"http://127.0.0.1:{port}"
     proxy = start_proxy(tmp_path, upstream.base, {
-        "public_url": public_url, "policy": {"paths": [str(policies)]},
+        "public_url": public_url, "policy": {"paths": ["@bundled", str(site)]},
         "auth": {"jwt": {"issuer": ISSUER, "jwks_url": jwks.url}},
         "servers": [{"name": "writer", "methods": ["read", "write"]}]}, port=port)
     call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",

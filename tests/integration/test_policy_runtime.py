@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import time
 from datetime import UTC, datetime
@@ -76,16 +75,23 @@ async def _tool_names(url: str) -> set[str]:
         return set(await client.tool_names())
 
 
-async def test_hot_reload_on_change_keeps_the_last_good_policy(sdk_upstream, proxy_for, tmp_path):
-    policies = tmp_path / "policies"
-    shutil.copytree(BUNDLED_POLICIES, policies)
+def _proxy_with_site_policies(sdk_upstream, proxy_for, tmp_path, reload_interval_s: float):
+    """A read-only server decided by the bundled policies plus an (empty) site directory; both are
+    watched. Returns the proxy and the site directory."""
+    site = tmp_path / "site"
+    site.mkdir()
     upstream = sdk_upstream("stateful-json")
-    proxy = proxy_for(upstream.base, {"servers": [{"name": "ro", "methods": ["read"]}],
-                                      "policy": {"paths": [str(policies)], "reload_interval_s": 0.2}})
+    proxy = proxy_for(upstream.base, {"servers": [{"name": "ro", "methods": ["read"]}], "policy": {
+        "paths": ["@bundled", str(site)], "reload_interval_s": reload_interval_s}})
+    return proxy, site
+
+
+async def test_hot_reload_on_change_keeps_the_last_good_policy(sdk_upstream, proxy_for, tmp_path):
+    proxy, site = _proxy_with_site_policies(sdk_upstream, proxy_for, tmp_path, 0.2)
     assert await _tool_names(proxy.url) == READ_TOOLS
 
     # A new rule file: picked up without restart.
-    extra = policies / "mcp" / "hide.rego"
+    extra = site / "hide.rego"
     extra.write_text(HIDE_LIST_ALL)
     assert await eventually(lambda: _equals(proxy.url, {"get_single_missive_conversation_by_id"}))
 
@@ -104,12 +110,8 @@ async def test_hot_reload_on_change_keeps_the_last_good_policy(sdk_upstream, pro
 
 
 async def test_sighup_reloads(sdk_upstream, proxy_for, tmp_path):
-    policies = tmp_path / "policies"
-    shutil.copytree(BUNDLED_POLICIES, policies)
-    upstream = sdk_upstream("stateful-json")
-    proxy = proxy_for(upstream.base, {"servers": [{"name": "ro", "methods": ["read"]}],
-                                      "policy": {"paths": [str(policies)], "reload_interval_s": 0}})
-    (policies / "mcp" / "hide.rego").write_text(HIDE_LIST_ALL)
+    proxy, site = _proxy_with_site_policies(sdk_upstream, proxy_for, tmp_path, 0)
+    (site / "hide.rego").write_text(HIDE_LIST_ALL)
     await asyncio.sleep(1.0)
     assert await _tool_names(proxy.url) == READ_TOOLS  # no polling: nothing changed yet
     proxy.handle.proc.send_signal(signal.SIGHUP)

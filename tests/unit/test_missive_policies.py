@@ -17,21 +17,10 @@ os.environ.setdefault("RUST_BACKTRACE", "0")
 from proxy.config import Policy
 from proxy.enforce.catalog import Catalog
 from proxy.policy.manager import build_policy_set
-from proxy.policy.testing import run_rego_tests
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "policies"
 CATALOG = yaml.safe_load((POLICIES / "catalog" / "data.yaml").read_text())
-
-
-@pytest.fixture(scope="module")
-def results():
-    return run_rego_tests([str(POLICIES)])
-
-
-def test_all_rego_tests_pass(results):
-    failed = [f"{r.package}.{r.name}: {r.error}" for r in results if not r.passed]
-    assert not failed, "\n".join(failed)
 
 
 @pytest.mark.parametrize("rule", ["pack_off", "pack_on", "mailbox_filter_one", "mailbox_filter_missing",
@@ -39,8 +28,8 @@ def test_all_rego_tests_pass(results):
                                   "teams_listing", "shared_labels_writes_in", "shared_labels_writes_out",
                                   "drafts_saved", "drafts_send_denied", "allow_send", "delete_denied",
                                   "allow_delete", "max_limit_at", "max_limit_above"])
-def test_every_missive_rule_is_tested(results, rule):
-    assert any(r.name.startswith("test_missive_") and rule in r.name for r in results), rule
+def test_every_missive_rule_is_tested(bundled_rego_results, rule):
+    assert any(r.name.startswith("test_missive_") and rule in r.name for r in bundled_rego_results), rule
 
 
 def test_catalog_keys_and_missive_tools():

@@ -207,30 +207,44 @@ async def test_input_json_cannot_encode_denies(standin: StandIn, engines: Callab
     await denies(engines(standin()).evaluate({"tool": {"arguments": {SECRET: object()}}}), 0.5)
 
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
 @pytest.fixture
-async def peer() -> AsyncIterator[Callable[[web.Response], Awaitable[str]]]:
-    """`await peer(response) -> base URL`: an in-process server answering every POST with `response`;
-    the base URL has a path prefix, `/opa`."""
+async def serve() -> AsyncIterator[Callable[[str, Handler], Awaitable[str]]]:
+    """`await serve(route, handler) -> base URL`: an in-process HTTP server answering POSTs to
+    `route` with `handler`; stopped after the test."""
     runners: list[web.AppRunner] = []
 
-    async def _serve(response: web.Response) -> str:
-        async def handler(request: web.Request) -> web.Response:
-            assert request.path == "/opa/v1/data/mcp/authz/decision"
-            assert (await request.json())["input"] == CASES["ping"]
-            return response
-
+    async def _serve(route: str, handler: Handler) -> str:
         app = web.Application()
-        app.router.add_post("/{tail:.*}", handler)
+        app.router.add_post(route, handler)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         runners.append(runner)
-        return f"http://127.0.0.1:{port}/opa/"
+        return f"http://127.0.0.1:{port}"
 
     yield _serve
     for runner in runners:
         await runner.cleanup()
+
+
+@pytest.fixture
+def peer(serve: Callable[[str, Handler], Awaitable[str]]) -> Callable[[web.Response], Awaitable[str]]:
+    """`await peer(response) -> base URL`: a server answering every POST with `response`; the base
+    URL has a path prefix, `/opa`."""
+
+    async def _peer(response: web.Response) -> str:
+        async def handler(request: web.Request) -> web.Response:
+            assert request.path == "/opa/v1/data/mcp/authz/decision"
+            assert (await request.json())["input"] == CASES["ping"]
+            return response
+
+        return await serve("/{tail:.*}", handler) + "/opa/"
+
+    return _peer
 
 
 @pytest.mark.parametrize(("response", "text"), [
@@ -260,7 +274,8 @@ async def test_path_prefix_and_multi_bundle_provenance(peer: Callable[[web.Respo
     assert engine.revision == "a:1,b:2"
 
 
-async def test_a_timeout_leaves_the_engine_usable(engines: Callable[..., OpaEngine]) -> None:
+async def test_a_timeout_leaves_the_engine_usable(serve: Callable[[str, Handler], Awaitable[str]],
+                                                  engines: Callable[..., OpaEngine]) -> None:
     calls = 0
 
     async def handler(request: web.Request) -> web.Response:
@@ -270,18 +285,9 @@ async def test_a_timeout_leaves_the_engine_usable(engines: Callable[..., OpaEngi
             await asyncio.sleep(1)
         return web.json_response({"result": calls})
 
-    app = web.Application()
-    app.router.add_post("/v1/data/mcp/authz/decision", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        engine = engines(f"http://127.0.0.1:{port}", timeout_ms=100)
-        await denies(engine.evaluate(CASES["ping"]), 0.3)
-        assert await engine.evaluate(CASES["ping"]) == 2
-    finally:
-        await runner.cleanup()
+    engine = engines(await serve("/v1/data/mcp/authz/decision", handler), timeout_ms=100)
+    await denies(engine.evaluate(CASES["ping"]), 0.3)
+    assert await engine.evaluate(CASES["ping"]) == 2
 
 
 async def test_a_kept_alive_connection_closed_by_opa_is_retried_once(engines: Callable[..., OpaEngine]) -> None:
