@@ -159,7 +159,12 @@ tasks := {"tasks/get", "tasks/result", "tasks/list", "tasks/cancel"}
 
 known if method in housekeeping
 
-known if startswith(method, "notifications/")
+# Notifications only: a *request* named notifications/… (it carries an id, so the upstream acts on
+# it and answers) is an unknown method like any other, unless params.allow_methods lists it.
+known if {
+	input.message.kind == "notification"
+	startswith(method, "notifications/")
+}
 
 known if method in listings
 

@@ -269,6 +269,33 @@ test_notifications_allowed if {
 	}
 }
 
+# A request (it carries an id) named notifications/… is not housekeeping: the upstream would act on
+# it and answer. It is an unknown method, unless params.allow_methods lists it.
+test_notifications_named_requests_denied if {
+	every method in [
+		"notifications/initialized", "notifications/cancelled", "notifications/roots/list_changed",
+		"notifications/", "notifications/x", "notifications/tools/call",
+	] {
+		not allowed(request(method), server)
+		decide(request(method), server).reasons == [sprintf("%s is not a method server triage allows", [method])]
+	}
+}
+
+test_notifications_named_requests_allowed_by_allow_methods if {
+	srv := with_server({"params": {"allow_methods": ["notifications/x"]}})
+	allowed(request("notifications/x"), srv)
+	not allowed(request("notifications/initialized"), srv)
+	allowed(message("notification", "client_to_server", "notifications/initialized"), srv)
+}
+
+# Only the kind "notification" makes notifications/… housekeeping; a response named so is the
+# client's answer (allowed by its own rule), and a kind the proxy never sends is not.
+test_notifications_only_by_kind if {
+	every kind in ["request", "Notification", "notifications", null, 1] {
+		not allowed(message(kind, "client_to_server", "notifications/initialized"), server)
+	}
+}
+
 test_listings_and_reads_allowed if {
 	every method in [
 		"tools/list", "resources/list", "resources/templates/list", "prompts/list",

@@ -14,6 +14,12 @@
 #
 # Every rule reads `input` only, every name is prefixed `missive_` (rules of one package share a
 # namespace across files), and every function is defined in this file only (regorus 0.13).
+#
+# Deny unless exactly safe (docs/policies.md): upstreams coerce arguments (the MCP Python SDK
+# validates them with pydantic in lax mode: "yes", 1 and "on" are true for a bool, "+200" and
+# "0200" are 200 for an int), so a rule never denies one spelling of the unsafe value; it allows
+# only the exact safe values and denies everything else. `input.server` (the proxy's config) is
+# trusted and typed; `input.tool.arguments` (the client's) is not.
 package mcp.authz
 
 import rego.v1
@@ -70,7 +76,7 @@ missive_allow_delete := missive_as_list(object.get(missive_params, "allow_delete
 # --- The call ----------------------------------------------------------------------------------
 
 # A tools/call the pack decides. The proxy always puts the call's arguments into the input (an
-# object, {} when the client sent none): inputs without them are not calls the proxy builds.
+# object, {} when the client sent none); a call without them is refused below, not let through.
 missive_call if {
 	missive_on
 	method == "tools/call"
@@ -83,10 +89,23 @@ missive_tool := input.tool.name if missive_call
 
 missive_args := input.tool.arguments if missive_call
 
-missive_write if {
-	missive_call
-	input.tool.access == "write"
+deny contains msg if {
+	missive_on
+	method == "tools/call"
+	has_tool
+	not missive_call
+	msg := sprintf("tool %v: the call's arguments are not an object, so server %s cannot check them", [
+		object.get(input.tool, "name", "(no name)"), server_name,
+	])
 }
+
+# Anything but a read (write, custom, or an access the catalog did not give) may change Missive.
+missive_changes if {
+	missive_call
+	not missive_read
+}
+
+missive_read if input.tool.access == "read"
 
 missive_has_tag(tag) if {
 	is_array(input.tool.tags)
@@ -103,7 +122,62 @@ missive_values(x) := [x] if {
 
 missive_values(x) := [] if x == null
 
-missive_text(values) := concat(", ", sort([sprintf("%v", [v]) | some v in values]))
+# A value of the client's, as a reason shows it: strings quoted ("yes"), lists and objects by their
+# kind. Numbers print alike in regorus and OPA only in a plain range (OPA writes 1.2345675e+06,
+# regorus 1234567.5; -0 and 0); outside it they are "a number". (Not json.marshal: OPA escapes <, >
+# and & in it, regorus does not.)
+missive_show(v) := sprintf("%q", [v]) if is_string(v)
+
+missive_show(v) := sprintf("%v", [v]) if is_boolean(v)
+
+missive_show(v) := "null" if is_null(v)
+
+missive_show(v) := "a list" if is_array(v)
+
+missive_show(v) := "an object" if is_object(v)
+
+missive_show(v) := "0" if {
+	is_number(v)
+	v == 0
+}
+
+missive_show(v) := sprintf("%v", [v]) if missive_plain_number(v)
+
+missive_show(v) := "a number" if {
+	is_number(v)
+	v != 0
+	not missive_plain_number(v)
+}
+
+# Whole numbers below 10^15, and fractions from 0.001 to 100000 (abs, before floor: floor fails in
+# regorus beyond 64 bits).
+missive_plain_number(v) if {
+	is_number(v)
+	v != 0
+	abs(v) < 1000000000000000
+	floor(v) == v
+}
+
+missive_plain_number(v) if {
+	is_number(v)
+	abs(v) >= 0.001
+	abs(v) < 100000
+	floor(v) != v
+}
+
+# Strings as they are (a label named vip reads vip), anything else as missive_show.
+missive_name(v) := v if {
+	is_string(v)
+	v != ""
+}
+
+missive_name(v) := missive_show(v) if {
+	not is_string(v)
+}
+
+missive_name(v) := `""` if v == ""
+
+missive_text(values) := concat(", ", sort({missive_name(v) | some v in values}))
 
 # --- 1. Listing conversations needs exactly one mailbox filter (Missive refuses it otherwise) ---
 
@@ -113,20 +187,75 @@ missive_mailbox_ids := ["shared_label", "team_inbox", "team_closed", "team_all"]
 
 missive_mailbox_filters := array.concat(missive_mailbox_flags, missive_mailbox_ids)
 
-# The mailbox filters the call sets (false, null and "" set nothing), in the order above.
-missive_filters_given := [key |
-	some key in missive_mailbox_filters
-	missive_filter_set(key)
-]
+missive_listing if missive_tool == "list_all_missive_conversations"
 
-missive_filter_set(key) if {
-	value := missive_args[key]
-	value != false
-	value != null
-	value != ""
+# A flag is set only by exactly true and unset only by absent, null or exactly false; an id is set
+# only by a non-empty string and unset only by absent, null or "". Every other value (1, "yes",
+# "false", 0, [], {} for a flag; a number, a boolean, a list for an id) is "bad" and refused below:
+# the upstream would read it its own way (pydantic: "false" is false, 1 is true).
+missive_flag_state(v) := "set" if {
+	is_boolean(v)
+	v == true
 }
 
-missive_listing if missive_tool == "list_all_missive_conversations"
+missive_flag_state(v) := "unset" if is_null(v)
+
+missive_flag_state(v) := "unset" if {
+	is_boolean(v)
+	v == false
+}
+
+missive_flag_state(v) := "bad" if {
+	not is_null(v)
+	not is_boolean(v)
+}
+
+missive_id_state(v) := "set" if {
+	is_string(v)
+	v != ""
+}
+
+missive_id_state(v) := "unset" if is_null(v)
+
+missive_id_state(v) := "unset" if v == ""
+
+missive_id_state(v) := "bad" if {
+	not is_null(v)
+	not is_string(v)
+}
+
+# Every mailbox filter of a listing, once: "set", "unset" or "bad".
+missive_filter_states := object.union(
+	{key: missive_flag_state(object.get(missive_args, key, null)) | some key in missive_mailbox_flags},
+	{key: missive_id_state(object.get(missive_args, key, null)) | some key in missive_mailbox_ids},
+) if missive_listing
+
+# The mailbox filters the call sets, in the order above.
+missive_filters_given := [key | some key in missive_mailbox_filters; missive_filter_states[key] == "set"]
+
+missive_bad_flags contains key if {
+	some key in missive_mailbox_flags
+	missive_filter_states[key] == "bad"
+}
+
+missive_bad_ids contains key if {
+	some key in missive_mailbox_ids
+	missive_filter_states[key] == "bad"
+}
+
+deny contains msg if {
+	some key in missive_bad_flags
+	msg := sprintf("list_all_missive_conversations: %s must be true, false or absent; got %s", [
+		key, missive_show(missive_args[key]),
+	])
+}
+
+deny contains msg if {
+	some key in missive_bad_ids
+	msg := sprintf("list_all_missive_conversations: %s must be an id (a non-empty string) or absent; got %s", [
+		key, missive_show(missive_args[key]),
+	])
+}
 
 deny contains msg if {
 	missive_listing
@@ -151,15 +280,47 @@ deny contains msg if {
 
 missive_team_filters := ["team_inbox", "team_closed", "team_all"]
 
-missive_listing_in_scope if {
+# In scope: the exact string, as the upstream receives it, is in the list (no number, no list, no
+# other spelling: "VIP" or " vip" is not vip).
+missive_label_in_scope(value) if {
 	missive_labels_scoped
-	missive_args.shared_label in missive_label_scope
+	is_string(value)
+	value in missive_label_scope
+}
+
+missive_team_in_scope(value) if {
+	missive_teams_scoped
+	is_string(value)
+	value in missive_team_scope
+}
+
+missive_filter_in_scope(key) if {
+	key == "shared_label"
+	missive_label_in_scope(missive_args[key])
+}
+
+missive_filter_in_scope(key) if {
+	key in missive_team_filters
+	missive_team_in_scope(missive_args[key])
+}
+
+# The filters of a listing that are not unset (a valid value or not) and not in scope: a flag
+# (inbox: true) is never in scope, nor is an id filter with a value other than an in-scope string.
+missive_listing_outside contains key if {
+	some key in missive_mailbox_flags
+	missive_filter_states[key] != "unset"
+}
+
+missive_listing_outside contains key if {
+	some key in missive_mailbox_ids
+	missive_filter_states[key] != "unset"
+	not missive_filter_in_scope(key)
 }
 
 missive_listing_in_scope if {
-	missive_teams_scoped
-	some key in missive_team_filters
-	missive_args[key] in missive_team_scope
+	some key in missive_mailbox_ids
+	missive_filter_in_scope(key)
+	count(missive_listing_outside) == 0
 }
 
 # What the model may add instead, in one phrase.
@@ -197,33 +358,35 @@ missive_scoped if missive_labels_scoped
 
 missive_scoped if missive_teams_scoped
 
-# The arguments of a write that name shared labels, and teams.
+# The arguments of a write (or custom) tool that name shared labels, and teams.
 missive_label_args := ["shared_label", "shared_labels", "add_shared_labels", "remove_shared_labels"]
 
 missive_team_args := ["team", "teams", "team_inbox", "team_closed", "team_all"]
 
 missive_named_labels contains value if {
-	missive_write
+	missive_changes
 	some key in missive_label_args
 	some value in missive_values(object.get(missive_args, key, null))
 }
 
 missive_named_teams contains value if {
-	missive_write
+	missive_changes
 	some key in missive_team_args
 	some value in missive_values(object.get(missive_args, key, null))
 }
 
+# Every named value that is not an in-scope string is outside: 5, true, {"id": "vip"}, ["vip"]
+# inside a list, "" and "VIP" alike.
 missive_labels_outside contains value if {
 	missive_labels_scoped
 	some value in missive_named_labels
-	not value in missive_label_scope
+	not missive_label_in_scope(value)
 }
 
 missive_teams_outside contains value if {
 	missive_teams_scoped
 	some value in missive_named_teams
-	not value in missive_team_scope
+	not missive_team_in_scope(value)
 }
 
 deny contains msg if {
@@ -249,19 +412,32 @@ missive_choices(scope) := "none (this server is confined to an empty list)" if c
 # --- 3. Drafts are drafted, not sent, unless params.allow_send is true -------------------------
 
 missive_draft_tool if {
-	missive_call
-	input.tool.access in {"write", "custom"}
+	missive_changes
 	missive_has_tag("drafts")
 }
 
-missive_sends contains "send: true" if {
-	missive_draft_tool
-	missive_args.send in {true, "true"}
+# Saving a draft is `send` absent, null or exactly false, and `send_at` absent or null. Anything
+# else is refused: true, but also 1, "yes", "on", "t", "1" (true to the upstream), and "false", 0,
+# "" or [] (which the policy will not guess about).
+missive_send := object.get(missive_args, "send", null) if missive_draft_tool
+
+missive_send_at := object.get(missive_args, "send_at", null) if missive_draft_tool
+
+missive_send_saves if is_null(missive_send)
+
+missive_send_saves if {
+	is_boolean(missive_send)
+	missive_send == false
 }
 
-missive_sends contains "send_at" if {
+missive_sends contains sprintf("send: %s", [missive_show(missive_send)]) if {
 	missive_draft_tool
-	object.get(missive_args, "send_at", null) != null
+	not missive_send_saves
+}
+
+missive_sends contains sprintf("send_at: %s", [missive_show(missive_send_at)]) if {
+	missive_draft_tool
+	not is_null(missive_send_at)
 }
 
 missive_send_allowed if missive_params.allow_send == true
@@ -291,17 +467,46 @@ deny contains msg if {
 
 missive_max_limit := missive_params.max_limit if is_number(missive_params.max_limit)
 
-missive_limit := missive_args.limit if is_number(missive_args.limit)
+# Allowed: `limit` absent or null, or a JSON number that is whole (25.0 is) from 1 to max_limit.
+# Strings are refused, however numeric: the upstream reads "+200", " 200", "0200" and "200_000"
+# as numbers the policy would have to parse exactly as it does.
+missive_limit := object.get(missive_args, "limit", null) if missive_call
 
-missive_limit := to_number(missive_args.limit) if {
-	is_string(missive_args.limit)
-	regex.match(`^[0-9]+(\.[0-9]+)?$`, missive_args.limit)
+missive_limit_whole if {
+	is_number(missive_limit)
+	abs(missive_limit) < 1000000000000000 # before floor, which fails in regorus beyond 64 bits
+	floor(missive_limit) == missive_limit
 }
 
-deny contains msg if {
+missive_limit_ok if is_null(missive_limit)
+
+missive_limit_ok if {
+	missive_limit_whole
+	missive_limit >= 1
+	missive_limit <= missive_max_limit
+}
+
+missive_limit_above if {
+	missive_limit_whole
 	missive_limit > missive_max_limit
+}
+
+# A whole number above the cap: say so, and how to page.
+deny contains msg if {
+	missive_limit_above
 	msg := sprintf(
 		"tool %s asks for limit %v, above the largest limit server %s allows (%v): ask for at most %v and page through the rest",
 		[missive_tool, missive_limit, server_name, missive_max_limit, missive_max_limit],
 	)
+}
+
+# Anything else that is not allowed: a string, a boolean, 0, a negative or a fraction, a list.
+deny contains msg if {
+	is_number(missive_max_limit)
+	missive_call
+	not missive_limit_ok
+	not missive_limit_above
+	msg := sprintf("tool %s: limit must be a whole number from 1 to %v; got %s", [
+		missive_tool, missive_max_limit, missive_show(missive_limit),
+	])
 }

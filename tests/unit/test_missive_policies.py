@@ -27,7 +27,10 @@ CATALOG = yaml.safe_load((POLICIES / "catalog" / "data.yaml").read_text())
                                   "mailbox_filter_two", "shared_labels_listing_in", "shared_labels_listing_out",
                                   "teams_listing", "shared_labels_writes_in", "shared_labels_writes_out",
                                   "drafts_saved", "drafts_send_denied", "allow_send", "delete_denied",
-                                  "allow_delete", "max_limit_at", "max_limit_above"])
+                                  "allow_delete", "max_limit_at", "max_limit_above", "mailbox_flag_red_team",
+                                  "mailbox_id_red_team", "listing_red_team", "writes_red_team",
+                                  "send_table_unsafe", "send_table_safe", "send_at_table", "max_limit_table_unsafe",
+                                  "max_limit_table_safe", "include_custom_tools", "arguments_not_an_object"])
 def test_every_missive_rule_is_tested(bundled_rego_results, rule):
     assert any(r.name.startswith("test_missive_") and rule in r.name for r in bundled_rego_results), rule
 
@@ -93,6 +96,40 @@ CASES = [
     ("admin-delete-hook", call("delete_a_missive_hook_by_id", {"id": "h-1"}, ADMIN, tags=("admin",)), True, None),
     ("admin-delete-post", call("delete_a_missive_post_by_id", {"id": "p-1"}, ADMIN), False, "not in allow_delete"),
     ("off-switch", call("create_a_missive_draft", {"send": True}, {"missive": False, "max_limit": 5}), True, None),
+    # Deny unless exactly safe (docs/policies.md): values the upstream (pydantic, lax) coerces.
+    *[(f"writer-draft-send-{i}", call("create_a_missive_draft", {"conversation": "c-1", "send": value}, WRITER),
+       False, f"would send the email (send: {shown})")
+      for i, (value, shown) in enumerate([(1, "1"), (1.0, "1"), ("yes", '"yes"'), ("on", '"on"'), ("True", '"True"'),
+                                          ("t", '"t"'), ("y", '"y"'), ("1", '"1"'), ("true", '"true"'),
+                                          ("false", '"false"'), (0, "0"), ("", '""'), ([], "a list"),
+                                          ({}, "an object"), ("no", '"no"')])],
+    ("writer-draft-send-false", call("create_a_missive_draft", {"conversation": "c-1", "send": False}, WRITER), True,
+     None),
+    ("writer-draft-send-null", call("create_a_missive_draft", {"conversation": "c-1", "send": None, "send_at": None},
+                                    WRITER), True, None),
+    ("writer-draft-send-at-zero", call("create_a_missive_draft", {"conversation": "c-1", "send_at": 0}, WRITER),
+     False, "(send_at: 0)"),
+    *[(f"triage-limit-{i}", call("list_all_missive_conversations", {"shared_label": "vip", "limit": value}, TRIAGE),
+       False, f"limit must be a whole number from 1 to 50; got {shown}")
+      for i, (value, shown) in enumerate([("+200", '"+200"'), (" 200", '" 200"'), ("0200", '"0200"'),
+                                          ("200_000", '"200_000"'), ("25", '"25"'), (True, "true"), (0, "0"),
+                                          (-5, "-5"), (2.5, "2.5"), ([25], "a list"), ({}, "an object")])],
+    ("triage-limit-float", call("list_all_missive_conversations", {"shared_label": "vip", "limit": 25.0}, TRIAGE),
+     True, None),
+    ("triage-limit-float-above", call("list_all_missive_conversations", {"shared_label": "vip", "limit": 51.0},
+                                      TRIAGE), False, "ask for at most 50"),
+    ("writer-flag-string-false", call("list_all_missive_conversations", {"inbox": "false", "team_all": "t-1"},
+                                      WRITER), False, 'inbox must be true, false or absent; got "false"'),
+    ("writer-flag-one", call("list_all_missive_conversations", {"closed": 1}, WRITER), False,
+     "closed must be true, false or absent; got 1"),
+    ("writer-id-number", call("list_all_missive_conversations", {"team_inbox": 7}, WRITER), False,
+     "team_inbox must be an id (a non-empty string) or absent; got 7"),
+    ("triage-label-case", call("list_all_missive_conversations", {"shared_label": "VIP"}, TRIAGE), False,
+     "filter by shared_label set to one of: vip"),
+    ("triage-label-list", call("list_all_missive_conversations", {"shared_label": ["vip"]}, TRIAGE), False,
+     "filter by shared_label set to one of: vip"),
+    ("triage-post-label-number", call("create_a_missive_post", {"conversation": "c-1", "add_shared_labels": [
+        "vip", 5]}, TRIAGE), False, "may not use (5)"),
 ]
 
 

@@ -122,8 +122,9 @@ def tool(catalog: dict[str, Any], name: str, **fields: Any) -> dict[str, Any]:
             "tags": list(entry.get("tags", [])), "annotations": {}, **fields}
 
 
-def call(catalog: dict[str, Any], name: str, **kw: Any) -> dict[str, Any]:
-    return message("tools/call", name=name, tool={**tool(catalog, name), "arguments": {"id": "c-1"}}, **kw)
+def call(catalog: dict[str, Any], name: str, arguments: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    args = {"id": "c-1"} if arguments is None else arguments
+    return message("tools/call", name=name, tool={**tool(catalog, name), "arguments": args}, **kw)
 
 
 def page(catalog: dict[str, Any], names: tuple[str, ...] = CATALOG_TOOLS, **kw: Any) -> dict[str, Any]:
@@ -176,6 +177,52 @@ def cases(catalog: dict[str, Any]) -> list[tuple[str, dict[str, Any], bool]]:
         ("malformed-version", {**message("ping"), "version": 2}, False),
         ("malformed-via", {**message("ping", srv=token), "principal": {"via": "jwt"}}, False),
         ("malformed-page-tools-null", {**page(catalog), "tools": None}, True),
+        ("request-named-notification", message("notifications/initialized"), False),
+        ("request-named-notification-allowed", message("notifications/x", srv=server(
+            params={"allow_methods": ["notifications/x"]})), True),
+        *missive_cases(catalog),
+    ]
+
+
+def missive_cases(catalog: dict[str, Any]) -> list[tuple[str, dict[str, Any], bool]]:
+    """The Missive pack's deny-unless-exactly-safe rules on red-team values (docs/policies.md)."""
+    writer = server(methods=["read", "write", "custom"], params={"missive": True, "max_limit": 25})
+    scoped = server(methods=["read", "write", "custom"], params={"shared_labels": ["vip"], "teams": ["t-1"]})
+
+    def draft(args: dict[str, Any]) -> dict[str, Any]:
+        return call(catalog, "create_a_missive_draft", {"body": "Hi", **args}, srv=writer)
+
+    def listing(args: dict[str, Any], srv: dict[str, Any] = writer) -> dict[str, Any]:
+        return call(catalog, "list_all_missive_conversations", args, srv=srv)
+
+    sends = [True, "true", 1, 1.0, "yes", "on", "True", "t", "y", "1", "false", 0, "", [], {}, "no", 12345678.5]
+    limits = ["+200", " 200", "0200", "200_000", "25", True, False, 0, -1, 2.5, 26, 1e3, [5], {}]
+    flags = ["false", "yes", 1, 0, "", [], {"a": 1}]
+    ids = [7, True, False, ["t-1"], {"id": "t-1"}]
+    labels = ["VIP", " vip", 5, ["vip"], {"id": "vip"}]
+    return [
+        ("missive-draft-saved", draft({}), True),
+        ("missive-draft-send-false", draft({"send": False, "send_at": None}), True),
+        ("missive-draft-send-null", draft({"send": None}), True),
+        *[(f"missive-draft-send-{i}", draft({"send": v}), False) for i, v in enumerate(sends)],
+        ("missive-draft-send-at", draft({"send_at": 1800000000}), False),
+        ("missive-draft-send-at-string", draft({"send_at": "<tomorrow & later>"}), False),
+        ("missive-limit-25.0", listing({"inbox": True, "limit": 25.0}), True),
+        ("missive-limit-null", listing({"inbox": True, "limit": None}), True),
+        *[(f"missive-limit-{i}", listing({"inbox": True, "limit": v}), False) for i, v in enumerate(limits)],
+        ("missive-flag-false-and-null", listing({"inbox": True, "all": False, "closed": None}), True),
+        *[(f"missive-flag-{i}", listing({"inbox": v, "team_all": "t-1"}), False) for i, v in enumerate(flags)],
+        *[(f"missive-id-{i}", listing({"team_inbox": v, "inbox": True}), False) for i, v in enumerate(ids)],
+        ("missive-label-in-scope", listing({"shared_label": "vip"}, scoped), True),
+        ("missive-team-in-scope", listing({"team_all": "t-1"}, scoped), True),
+        *[(f"missive-label-{i}", listing({"shared_label": v}, scoped), False) for i, v in enumerate(labels)],
+        ("missive-label-and-flag", listing({"shared_label": "vip", "inbox": "yes"}, scoped), False),
+        ("missive-write-labels", call(catalog, "create_a_missive_post", {"text": "t", "add_shared_labels": [
+            "vip", 5, ["vip"], {"id": "vip"}, "", "VIP"]}, srv=scoped), False),
+        ("missive-write-team-in-scope", call(catalog, "create_a_missive_post", {"text": "t", "team": "t-1"},
+                                             srv=scoped), True),
+        ("missive-merge-team", call(catalog, "merge_missive_conversations", {"id": "c-1", "target": "c-2",
+                                                                             "team": 1}, srv=scoped), False),
     ]
 
 
