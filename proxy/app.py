@@ -29,7 +29,9 @@ from .auth.resource import WELL_KNOWN, challenge, metadata
 from .auth.sessions import SessionBinder
 from .config import Config, is_loopback
 from .config_reload import ConfigReloader
+from .config_words import check_config_words
 from .enforce.enforcer import Enforcer
+from .enforce.inventory import ToolInventory
 from .enforce.pipeline import Pipeline
 from .observe import access_log
 from .observe.decision_log import DecisionLog
@@ -40,6 +42,7 @@ from .transport import legacy_sse, streamable
 from .transport.context import ProxyContext
 from .transport.intake import error_response
 from .transport.paths import route
+from .transport.tool_listing import UpstreamToolLister
 from .transport.upstream import UpstreamClient
 
 Handler = Callable[[ProxyContext, Request, Access], Awaitable[Any]]
@@ -89,7 +92,8 @@ class ProxyApp:
         """`pipeline` replaces the policy pipeline (tests); without it the config's policies decide.
         `reload_config` reads the config anew (file and command line): reloads on change and SIGHUP.
 
-        Raises PolicyLoadError (naming file and line) when the policies cannot be used.
+        Raises PolicyLoadError (naming file and line) when the policies cannot be used, ConfigError
+        (naming file and key) when a server names a method or tag their catalog does not know.
         """
         self._clock = clock
         self._background: set[asyncio.Future[Any]] = set()
@@ -98,14 +102,16 @@ class ProxyApp:
         self.metrics = Metrics()
         self.metrics.servers(config.servers)
         self.policy_manager: PolicyManager | None = None
+        upstream = UpstreamClient(config.upstream)
         if pipeline is None:
             policy = build_policy_set(config.policy)
+            check_config_words(config, policy.catalog)
             self.metrics.policy_in_force(policy.engine.revision)
             enforcer = Enforcer(policy, config.servers, self.decision_log, mode=config.policy.mode, clock=clock,
-                                metrics=self.metrics)
-            self.policy_manager = PolicyManager(config.policy, enforcer)
+                                metrics=self.metrics, inventory=tool_inventory(config, upstream))
+            self.policy_manager = PolicyManager(config.policy, enforcer, lambda: self.ctx.config)
             pipeline = enforcer
-        self.ctx = ProxyContext(config, pipeline, UpstreamClient(config.upstream), session_binder(config))
+        self.ctx = ProxyContext(config, pipeline, upstream, session_binder(config))
         self.allowed_origins = allowed_origins(config)
         self.jwt = jwt_verifier(config)
         self.authenticator = authenticator(config, self.jwt, clock)
@@ -155,7 +161,10 @@ class ProxyApp:
 
     def apply_config(self, new: Config) -> None:
         """Put a reloaded config in force: servers, tokens, auth and origins change on the next request;
-        servers removed or changed have their open streams ended."""
+        servers removed or changed have their open streams ended. Raises ConfigError, before anything
+        changes, when a server names a method or tag the catalog in force does not know."""
+        if self.policy_manager is not None:
+            check_config_words(new, self.policy_manager.holder.policy.catalog)
         old = self.ctx.config
         kept = {key: getattr(old, key) for key in RESTART_ONLY if getattr(new, key) != getattr(old, key)}
         for key in kept:
@@ -251,6 +260,13 @@ def jwt_verifier(config: Config) -> TokenVerifier | None:
     return JWTVerifier(issuer=jwt.issuer, audience=audience, jwks_url=jwt.jwks_url, algorithms=list(jwt.algorithms),
                        leeway_s=jwt.leeway_s, jwks_cache_s=jwt.jwks_cache_s,
                        min_refetch_interval_s=jwt.min_refetch_interval_s)
+
+
+def tool_inventory(config: Config, upstream: UpstreamClient) -> ToolInventory:
+    """What the upstream declares of its tools; listed with the proxy's own credential when needed."""
+    lister = UpstreamToolLister(upstream, config.upstream.url, max_bytes=config.limits.max_sse_event_bytes,
+                                timeout_s=config.upstream.timeout_s, sse_url=config.upstream.sse_url)
+    return ToolInventory(lister, ttl_s=config.upstream.tools_ttl_s)
 
 
 def session_binder(config: Config) -> SessionBinder:

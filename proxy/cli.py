@@ -42,16 +42,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     demo.add_argument("--public-url", help="the URL clients use (e.g. an HTTPS tunnel's); printed in the URLs")
 
-    tok = sub.add_parser("token", help="URL tokens")
+    tok = sub.add_parser("token", help="URL tokens and API tokens")
     tok_sub = tok.add_subparsers(dest="token_command", required=True)
-    create = tok_sub.add_parser("create", help="mint a URL token: prints the URL once and the config entry")
-    create.add_argument("--server", required=True, help="server name")
-    create.add_argument("--methods", default="read", help="comma-separated (default: read)")
-    create.add_argument("--tags", default="", help="comma-separated tool tags (default: all)")
+    create = tok_sub.add_parser("create", help="mint a URL token (--server) or an API token (--api): prints the "
+                                               "secret once and the config entry")
+    create.add_argument("--server", help="server name (URL tokens)")
+    create.add_argument("--methods", help="comma-separated (default: read)")
+    create.add_argument("--tags", help="comma-separated tool tags (default: all)")
     create.add_argument("--expires-at", help="RFC 3339 instant, e.g. 2026-12-31T23:59:59Z")
     create.add_argument("--require-api-token-auth", action="store_true", help="also require a bearer token")
-    create.add_argument("--config", help="take auth.url_token_key and public_url from this config")
+    create.add_argument("--config", help="take auth, public_url and the catalog (policy.paths) from this config")
     create.add_argument("--base-url", help="the proxy's public URL (default: public_url, else http://127.0.0.1:8080)")
+    create.add_argument("--api", action="store_true", help="mint an API token (a bearer token) instead")
+    create.add_argument("--name", help="the API token's name (with --api): the principal's subject")
 
     pol = sub.add_parser("policy", help="policy tools")
     pol_sub = pol.add_subparsers(dest="policy_command", required=True)
@@ -111,7 +114,23 @@ def serve(config: Config, log_level: str, access_log: bool = False,
     return 0
 
 
+# Which flag of `token create` fills which key of the server entry (errors name the flag).
+_ENTRY_FLAGS = {"name": "--server", "methods": "--methods", "tags": "--tags", "expires_at": "--expires-at",
+                "require_api_token_auth": "--require-api-token-auth"}
+
+
+def _refuse(problem: str) -> int:
+    print(f"mcp-policy-proxy: token create: {problem}", file=sys.stderr)
+    return 2
+
+
 def token_create(args: argparse.Namespace) -> int:
+    if args.api:
+        return api_token_create(args)
+    if args.name is not None:
+        return _refuse("--name names an API token (give --api); a URL token's server is --server")
+    if not args.server:
+        return _refuse("--server NAME is required (or --api --name NAME for an API token)")
     import yaml
 
     from .auth.tokens import mint_token, url_token_hmac
@@ -119,25 +138,73 @@ def token_create(args: argparse.Namespace) -> int:
     config = load(args.config) if args.config else None
     key = config.auth.url_token_key if config else os.environ.get("URL_TOKEN_KEY")
     if not key:
-        print("mcp-policy-proxy: token create: no URL token key (give --config with auth.url_token_key, "
-              "or set URL_TOKEN_KEY)", file=sys.stderr)
-        return 2
+        return _refuse("no URL token key (give --config with auth.url_token_key, or set URL_TOKEN_KEY)")
     entry: dict[str, Any] = {"name": args.server, "token_hmac": None,
-                             "methods": [m for m in args.methods.split(",") if m]}
+                             "methods": [m for m in ("read" if args.methods is None else args.methods).split(",") if m]}
     if args.tags:
         entry["tags"] = [t for t in args.tags.split(",") if t]
     if args.require_api_token_auth:
+        if not (config and (config.auth.api_tokens or config.auth.jwt)):
+            where = (f"{args.config} configures neither auth.api_tokens nor auth.jwt" if config else
+                     "give --config FILE whose auth configures api_tokens or jwt")
+            return _refuse(f"--require-api-token-auth needs bearer credentials: {where}")
         entry["require_api_token_auth"] = True
     if args.expires_at:
         entry["expires_at"] = args.expires_at
-    load(None, {"upstream.url": "http://127.0.0.1/mcp", "auth.url_token_key": key,
-                "servers": [{**entry, "token_hmac": "0" * 64}]})  # validates the entry, naming the key
+    problem = _check_server_entry(entry, args.config, key)
+    if problem:
+        return _refuse(problem)
     token = mint_token()
     entry["token_hmac"] = url_token_hmac(key, token)
     base = (args.base_url or (config.public_url if config else None) or "http://127.0.0.1:8080").rstrip("/")
     print("URL (shown once: store it like a password; the proxy keeps only its HMAC):")
     print(f"  {base}/{token}/mcp        (legacy SSE: {base}/{token}/sse)\n")
     print("Add to servers: in the config:")
+    print(yaml.safe_dump([entry], sort_keys=False).rstrip())
+    return 0
+
+
+def _check_server_entry(entry: dict[str, Any], config_path: str | None, key: str) -> str | None:
+    """Validate a new server entry as the proxy would: with the config's auth section (or none) and
+    against the words of its catalog (or the bundled one). The problem, naming the flag, or None."""
+    from .config_words import check_config_words
+    from .policy.manager import build_policy_set
+
+    probe = [{**entry, "token_hmac": "0" * 64}]
+    try:
+        if config_path:  # the file as it is, with the new entry as its only server
+            config = load(config_path, {"servers": probe})
+        else:
+            config = load(None, {"upstream.url": "http://127.0.0.1/mcp", "auth.url_token_key": key, "servers": probe})
+        check_config_words(config, build_policy_set(config.policy).catalog)
+    except ConfigError as exc:
+        if not exc.key.startswith("servers[0]."):
+            raise
+        field = exc.key.removeprefix("servers[0].").split(".")[0].split("[")[0]
+        return f"{_ENTRY_FLAGS.get(field, field)}: {exc.message}"
+    return None
+
+
+def api_token_create(args: argparse.Namespace) -> int:
+    """`token create --api --name NAME`: an API token, printed once, and its `auth.api_tokens` entry."""
+    import yaml
+
+    from .auth.tokens import mint_token, sha256_hex
+
+    for flag, value in (("--server", args.server), ("--methods", args.methods), ("--tags", args.tags),
+                        ("--expires-at", args.expires_at), ("--require-api-token-auth", args.require_api_token_auth),
+                        ("--config", args.config), ("--base-url", args.base_url)):
+        if value:
+            return _refuse(f"{flag} applies to URL tokens, not to --api")
+    if not (args.name and args.name.strip()):
+        return _refuse("--api needs --name NAME (the principal's subject in policies and logs)")
+    token = mint_token()
+    entry = {"name": args.name, "sha256": sha256_hex(token)}
+    load(None, {"upstream.url": "http://127.0.0.1/mcp", "auth.api_tokens": [entry]})  # the entry must load
+    print("API token (shown once: store it like a password; the proxy keeps only its SHA-256):")
+    print(f"  {token}\n")
+    print("Clients send it on every request as: Authorization: Bearer <the token>\n")
+    print("Add to auth.api_tokens: in the config:")
     print(yaml.safe_dump([entry], sort_keys=False).rstrip())
     return 0
 
@@ -197,10 +264,12 @@ def main(argv: list[str] | None = None) -> int:
                 return policy_test(args.paths)
             return policy_eval(args.input, args.config)
         if args.command == "config":
+            from .config_words import check_config_words
             from .policy.manager import build_policy_set
 
             config = load(args.file)
-            build_policy_set(config.policy)  # the policies must load and compile too (OPA is not contacted)
+            policy = build_policy_set(config.policy)  # the policies must load and compile too (OPA is not contacted)
+            check_config_words(config, policy.catalog)  # servers name only methods and tags the catalog knows
             names = ", ".join(s.name for s in config.servers)
             print(f"{args.file}: ok ({len(config.servers)} server(s): {names}; upstream {config.upstream.url}; "
                   f"policies {', '.join(config.policy.paths)})")

@@ -30,7 +30,7 @@ _NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62}[a-z0-9])?$")
 class ConfigError(Exception):
     def __init__(self, source: str, key: str, message: str) -> None:
         super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
-        self.source, self.key = source, key
+        self.source, self.key, self.message = source, key, message
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class Upstream:
     connect_timeout_s: float = 5.0
     keepalive_s: float = 4.0
     max_connections: int = 256
+    tools_ttl_s: float = 300.0  # how long the upstream's tool definitions are used without being listed again
 
 
 @dataclass(frozen=True)
@@ -297,6 +298,7 @@ def parse(data: Any, source: str) -> Config:
         connect_timeout_s=up.positive("connect_timeout_s", float, 5.0),
         keepalive_s=up.positive("keepalive_s", float, 4.0),
         max_connections=up.positive("max_connections", int, 256),
+        tools_ttl_s=up.positive("tools_ttl_s", float, 300.0),
     )
     up.done()
 

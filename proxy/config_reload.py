@@ -1,7 +1,9 @@
 """Config reload without restart: on file change (polled) or SIGHUP.
 
 A new version is parsed and validated in full before anything changes; an invalid one is logged
-(naming file and key) and counted, and the running config stays in force.
+(naming file and key) and counted, and the running config stays in force. `apply` may refuse a
+parsed version too, by raising ConfigError before it changes anything (ProxyApp.apply_config does
+when a server names a method or tag the catalog in force does not know: proxy/config_words.py).
 """
 
 from __future__ import annotations
@@ -33,12 +35,11 @@ class ConfigReloader:
     def reload(self) -> bool:
         self._stamp = _stamp(self.path)
         try:
-            config = self._load()
+            self._apply(self._load())
         except ConfigError as exc:
             log.error("config reload rejected, the running config stays in force: %s", exc)
             self._on_result(False)
             return False
-        self._apply(config)
         log.info("config reloaded from %s", self.path)
         self._on_result(True)
         return True

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 ACCESS = {"list": "read", "get": "read", "create": "write", "update": "write", "delete": "write"}
+KNOWN_ACCESS = ("read", "write", "custom")  # the access levels a server's `methods` may name
 
 # The managed-MCP naming convention (list_all_missive_conversations, get_single_…_by_id, …).
 _CONVENTION = (
@@ -88,10 +89,27 @@ class Catalog:
         # Longest words first, so "shared_label" is tried before "label".
         self._rules = sorted(rules.items(), key=lambda rule: -len(rule[0]))
         self._cache: dict[tuple[str, bool], ToolInfo] = {}
+        # The words a server's `methods` and `tags` may use (proxy/config_words.py checks them):
+        # the access levels, the convention's methods, and every method and tag the catalog names.
+        entries = [self.classify(name) for name in self._tools]
+        named = {info.method for info in entries} - set(KNOWN_ACCESS) - set(ACCESS)
+        self._known_methods = (*KNOWN_ACCESS, *ACCESS, *sorted(named))
+        self._known_tags = tuple(sorted({t for info in entries for t in info.tags}
+                                        | {t for _, rule_tags in self._rules for t in rule_tags}))
 
     @property
     def known_names(self) -> tuple[str, ...]:
         return tuple(self._tools)
+
+    @property
+    def known_methods(self) -> tuple[str, ...]:
+        """read, write, custom, list, get, create, update, delete, then the catalog's own methods."""
+        return self._known_methods
+
+    @property
+    def known_tags(self) -> tuple[str, ...]:
+        """Every tag of a tool entry or a tag rule, sorted."""
+        return self._known_tags
 
     def classify(self, name: str, annotations: dict[str, Any] | None = None) -> ToolInfo:
         read_only = bool(annotations and annotations.get("readOnlyHint") is True)

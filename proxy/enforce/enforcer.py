@@ -8,30 +8,31 @@ whichever stream it arrives on. An engine failure denies (503); nothing undecide
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
 import time
-import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from ..config import Server
 from ..observe.decision_log import DecisionLog
 from ..observe.metrics import Metrics
-from ..policy.engine import Decision, PolicyEngine, PolicyError, to_decision
+from ..policy.engine import PolicyEngine, PolicyError, to_decision
 from ..protocol import jsonrpc
 from ..protocol.jsonrpc import Kind, Message
 from .catalog import Catalog
 from .input import CLIENT_TO_SERVER, SERVER_TO_CLIENT, build_input, message_name, rfc3339, server_input
-from .pipeline import ALLOW, DROP, Channel, Verdict
+from .inventory import MAX_NAME_LENGTH, PARAM_HEADER_PREFIX, InventoryUnavailable, ToolInventory
+from .pipeline import DROP, Channel, Verdict
 
 log = logging.getLogger("mcp_policy_proxy.enforce")
 
 ENGINE_UNAVAILABLE = "Policy engine unavailable"
 LAST_HANDSHAKE_REVISION = "2025-11-25"
-_ALLOW_AND_WATCH = Verdict(True, watch_response=True)  # tools/list: its answer gets filtered
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +57,6 @@ class DecisionIds:
         return f"{self._head}{0x8000 | (n >> 48) & 0x3FFF:04x}-{n & 0xFFFF_FFFF_FFFF:012x}"
 
 
-def _fold(name: str) -> str:
-    return unicodedata.normalize("NFKC", name).casefold()
-
-
 def tool_error(request_id: Any, reasons: tuple[str, ...], protocol_version: str | None) -> dict[str, Any]:
     """A tool result the model can read and correct itself from (not a protocol error)."""
     result: dict[str, Any] = {"content": [{"type": "text", "text": "; ".join(reasons) or "Denied by policy"}],
@@ -69,12 +66,64 @@ def tool_error(request_id: Any, reasons: tuple[str, ...], protocol_version: str 
     return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
 
+class Refusal(StrEnum):
+    """Why the proxy itself refused a message (decision-log `result.refused_by_proxy`)."""
+
+    INVALID_NAME = "invalid_name"  # tools/call without a name, or one longer than MCP allows
+    UNKNOWN_TOOL = "unknown_tool"  # the upstream declares no such tool
+    INVENTORY_UNAVAILABLE = "inventory_unavailable"  # the upstream's tools could not be listed
+    HEADER_MISMATCH = "header_mismatch"  # Mcp-Param-* headers disagree with the arguments
+    INVALID_ARGUMENTS = "invalid_arguments"  # the arguments fail the tool's declared inputSchema
+    ENGINE_ERROR = "engine_error"  # the policy engine gave no valid decision
+
+
+@dataclass(frozen=True, slots=True)
+class Ruling:
+    """What was decided about one message, by the policy or by the proxy's own checks."""
+
+    allow: bool
+    reasons: tuple[str, ...] = ()
+    visible_tools: frozenset[str] = frozenset()
+    refusal: Refusal | None = None
+    scope: str | None = None  # a scope the decision says the client lacks (403 insufficient_scope)
+    result: Any = None  # what the decision log records as the result
+    eval_ns: int = 0
+
+    @staticmethod
+    def refused(refusal: Refusal, reason: str) -> Ruling:
+        return Ruling(False, (reason,), refusal=refusal,
+                      result={"allow": False, "reasons": [reason], "refused_by_proxy": refusal.value})
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A tools/call after the proxy's own checks: the policy's `tool` input, and what went wrong."""
+
+    tool: dict[str, Any]
+    refusal: Ruling | None = None  # refused before the policy runs
+    violations: tuple[str, ...] = ()  # refused after it (the policy still says whether the tool is visible)
+    forward_headers: tuple[tuple[str, str], ...] = ()
+
+
+class _Pairs:
+    """Raw header pairs with the `.items()` the SDK's Mcp-Param check reads (duplicates kept)."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+
+    def items(self) -> list[tuple[str, str]]:
+        return self.pairs
+
+
 class Enforcer:
     def __init__(self, policy: PolicySet, servers: tuple[Server, ...], decision_log: DecisionLog, *,
                  mode: str = "enforce", clock: Callable[[], float] = time.time,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, inventory: ToolInventory | None = None) -> None:
         self.policy = policy
         self.metrics = metrics or Metrics()
+        self.inventory = inventory or ToolInventory(None)
         self._mode = mode
         self._eval_seconds = {"embedded": self.metrics.evaluation.labels("embedded"),
                               "opa": self.metrics.evaluation.labels("opa")}
@@ -84,9 +133,6 @@ class Enforcer:
         self._ids = DecisionIds()
         self._clock = clock
         self._now = (0, "")
-        # What the upstream said of its tools (annotations), and every tool name known, case-folded.
-        self._annotations: dict[str, dict[str, Any]] = {}
-        self._folded = {_fold(name): name for name in policy.catalog.known_names}
 
     def set_servers(self, servers: tuple[Server, ...]) -> None:
         """After a config reload: the servers' policy input, rebuilt once."""
@@ -97,102 +143,134 @@ class Enforcer:
         return doc if doc is not None else server_input(channel.server)  # revoked meanwhile
 
     # --- Pipeline ---
-    async def client_message(self, channel: Channel, msg: Message) -> Verdict:
+    async def client_message(self, channel: Channel, msg: Message,
+                             headers: Iterable[tuple[str, str]] = ()) -> Verdict:
+        """The one decision path of a client message: input, evaluation (or the proxy's own refusal),
+        one decision-log entry, one count, dry_run applied once, one verdict."""
         if msg.kind is Kind.RESPONSE:
-            method = channel.server_requests.pop(msg.id, None)
-            name = None
+            method, name = channel.server_requests.pop(msg.id, None), None
         else:
             method, name = msg.method, message_name(msg)
-        extra: dict[str, Any] = {}
-        if method == "tools/call" and msg.kind is Kind.REQUEST:
-            if name is None or self._lookalike(name):
-                return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.INVALID_PARAMS, f"Unknown tool: {name}"))
-            extra["tool"] = self._tool_input(name, msg.params.get("arguments"))
+        call = await self._check_call(msg, name, headers) if method == "tools/call" and msg.kind is Kind.REQUEST \
+            else None
+        extra = {} if call is None else {"tool": call.tool}
         input = build_input(channel, self._server(channel), self._time(), kind=msg.kind.value,
                             direction=CLIENT_TO_SERVER, method=method, name=name, **extra)
-        decision, decision_id = await self._decide(input)
-        if decision is None:
-            error = jsonrpc.error_response(msg.id, jsonrpc.INTERNAL_ERROR, ENGINE_UNAVAILABLE)
-            return Verdict(False, error, status=503)
-        if decision.allow or self.dry_run:
-            return _ALLOW_AND_WATCH if method == "tools/list" else ALLOW
-        if msg.kind is not Kind.REQUEST:
-            return Verdict(False)  # nobody waits for an answer: not forwarded, logged
-        scope = decision.result.get("insufficient_scope")
-        scope = scope if isinstance(scope, str) and scope else None
-        if method == "tools/call" and scope is None:
-            if name not in decision.visible_tools:
-                return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.INVALID_PARAMS, f"Unknown tool: {name}"))
-            return Verdict(False, tool_error(msg.id, decision.reasons, channel.protocol_version))
-        data = {"reasons": list(decision.reasons), "decision_id": decision_id}
-        forbidden = jsonrpc.error_response(msg.id, jsonrpc.FORBIDDEN, "Forbidden by policy", data)
-        if scope is not None:
-            return Verdict(False, forbidden, status=403, scope=scope)
-        return Verdict(False, forbidden)
+        if call is not None and call.refusal is not None:
+            ruling = call.refusal
+        else:
+            ruling = await self._evaluate(input)
+            if call is not None and call.violations and ruling.refusal is None:
+                ruling = dataclasses.replace(
+                    ruling, allow=False, reasons=call.violations, refusal=Refusal.INVALID_ARGUMENTS,
+                    result={**ruling.result, "allow": False, "reasons": list(call.violations),
+                            "refused_by_proxy": Refusal.INVALID_ARGUMENTS.value})
+        decision_id = self._record(input, ruling)
+        if ruling.allow or self.dry_run:
+            return Verdict(True, watch_response=method == "tools/list",
+                           headers=call.forward_headers if call is not None else ())
+        return self._refusal_verdict(channel, msg, method, name, ruling, decision_id)
 
     async def server_message(self, channel: Channel, msg: Message) -> Message | None:
         if msg.kind is Kind.RESPONSE:
             result = msg.data.get("result")
-            if isinstance(result, dict) and isinstance(result.get("tools"), list):
-                return await self._filter_tools(channel, msg, result)
-            return None
+            page = channel.watched.get(msg.id) == "tools/list" or (isinstance(result, dict) and "tools" in result)
+            if not page or "error" in msg.data:
+                return None
+            if not (isinstance(result, dict) and isinstance(result.get("tools"), list)):
+                return Message(jsonrpc.undecided(msg.id, "a tools/list result without a list of tools"), Kind.RESPONSE)
+            return await self._filter_tools(channel, msg, result)
         if msg.kind is Kind.NOTIFICATION:
+            if msg.method == "notifications/tools/list_changed":
+                self.inventory.invalidate()
             return None  # progress, logging, list_changed: they carry nothing the policy gates
         input = build_input(channel, self._server(channel), self._time(), kind="request",
                             direction=SERVER_TO_CLIENT, method=msg.method, name=message_name(msg))
-        decision, _ = await self._decide(input)
-        if decision is None or not (decision.allow or self.dry_run):
+        ruling = await self._evaluate(input)
+        self._record(input, ruling)
+        if not (ruling.allow or self.dry_run):
             log.info("dropped server→client request %s", msg.method)
             return DROP
         if msg.id is not None:
             channel.server_requests[msg.id] = msg.method or ""
         return None
 
+    # --- the proxy's own checks of a tools/call ---
+    async def _check_call(self, msg: Message, name: str | None, headers: Iterable[tuple[str, str]]) -> _Call:
+        arguments = msg.params.get("arguments") or {}  # intake refused anything but an object or null
+        if name is None or not name or len(name) > MAX_NAME_LENGTH:
+            shown = None if name is None else name[:MAX_NAME_LENGTH]
+            reason = ("tools/call needs params.name, a tool name" if not name
+                      else f"tool names are at most {MAX_NAME_LENGTH} characters")
+            return _Call({"name": shown, "arguments": arguments}, Ruling.refused(Refusal.INVALID_NAME, reason))
+        try:
+            definition = await self.inventory.lookup(name)
+        except InventoryUnavailable as exc:
+            reason = f"the upstream's tools could not be listed to check this call: {exc}"
+            return _Call({"name": name, "arguments": arguments},
+                         Ruling.refused(Refusal.INVENTORY_UNAVAILABLE, reason))
+        if definition is None:
+            return _Call({"name": name, "arguments": arguments},
+                         Ruling.refused(Refusal.UNKNOWN_TOOL, f"the upstream declares no tool {name}"))
+        tool = {**self.policy.catalog.classify(name, definition.annotations).to_input(definition.annotations),
+                "arguments": arguments}
+        pairs = [(n, v) for n, v in headers if n.startswith(PARAM_HEADER_PREFIX)]
+        if pairs or definition.param_headers:
+            mismatch = definition.param_header_mismatch(_Pairs(pairs), arguments)  # type: ignore[arg-type]
+            if mismatch is not None:
+                return _Call(tool, Ruling.refused(Refusal.HEADER_MISMATCH, f"Header mismatch: {mismatch}"))
+        return _Call(tool, violations=tuple(definition.violations(arguments)),
+                     forward_headers=tuple((n, v) for n, v in pairs if n in definition.param_headers))
+
+    # --- outcome → answer: the one mapping, for every transport ---
+    def _refusal_verdict(self, channel: Channel, msg: Message, method: str | None, name: str | None,
+                         ruling: Ruling, decision_id: str) -> Verdict:
+        if ruling.refusal is Refusal.ENGINE_ERROR:
+            error = jsonrpc.error_response(msg.id, jsonrpc.INTERNAL_ERROR, ENGINE_UNAVAILABLE)
+            return Verdict(False, error, status=503)
+        if msg.kind is not Kind.REQUEST:
+            return Verdict(False)  # nobody waits for an answer: not forwarded, logged
+        refusal, reason = ruling.refusal, "; ".join(ruling.reasons)
+        if refusal is Refusal.INVENTORY_UNAVAILABLE:
+            return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.INTERNAL_ERROR, reason), status=502)
+        if refusal is Refusal.HEADER_MISMATCH:
+            return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.HEADER_MISMATCH, reason), status=400)
+        if refusal is Refusal.INVALID_NAME:
+            return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.INVALID_PARAMS, f"Invalid params: {reason}"))
+        if method == "tools/call" and ruling.scope is None:
+            if refusal is Refusal.UNKNOWN_TOOL or name not in ruling.visible_tools:
+                return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.INVALID_PARAMS, f"Unknown tool: {name}"))
+            return Verdict(False, tool_error(msg.id, ruling.reasons, channel.protocol_version))
+        data = {"reasons": list(ruling.reasons), "decision_id": decision_id}
+        forbidden = jsonrpc.error_response(msg.id, jsonrpc.FORBIDDEN, "Forbidden by policy", data)
+        if ruling.scope is not None:
+            return Verdict(False, forbidden, status=403, scope=ruling.scope)
+        return Verdict(False, forbidden)
+
     # --- helpers ---
-    async def _filter_tools(self, channel: Channel, msg: Message, result: dict[str, Any]) -> Message | None:
-        """One evaluation for the whole page; the page keeps only the visible tools."""
+    async def _filter_tools(self, channel: Channel, msg: Message, result: dict[str, Any]) -> Message:
+        """One evaluation for the whole page; the page keeps only the visible tools. The page is always
+        re-encoded from what was parsed, so the client sees exactly what was decided."""
         tools = [t for t in result["tools"] if isinstance(t, dict) and isinstance(t.get("name"), str)]
+        self.inventory.learn(tools)
         entries = []
         for tool in tools:
             annotations = tool.get("annotations") if isinstance(tool.get("annotations"), dict) else None
-            self._remember(tool["name"], annotations)
             entries.append(self.policy.catalog.classify(tool["name"], annotations).to_input(annotations))
         input = build_input(channel, self._server(channel), self._time(), kind="response",
                             direction=SERVER_TO_CLIENT, method="tools/list", tools=entries)
-        decision, _ = await self._decide(input)
-        if decision is None:
-            error = jsonrpc.error_response(msg.id, jsonrpc.INTERNAL_ERROR, ENGINE_UNAVAILABLE)
-            return Message(error, Kind.RESPONSE)
-        if self.dry_run:
-            return None
-        visible = decision.visible_tools if decision.allow else frozenset()
-        kept = [t for t in tools if t["name"] in visible]
-        page = {**result, "tools": kept}
+        ruling = await self._evaluate(input)
+        self._record(input, ruling)
+        if ruling.refusal is Refusal.ENGINE_ERROR and not self.dry_run:
+            return Message(jsonrpc.error_response(msg.id, jsonrpc.INTERNAL_ERROR, ENGINE_UNAVAILABLE), Kind.RESPONSE)
+        visible = ruling.visible_tools if ruling.allow else frozenset()
+        page = {**result, "tools": tools if self.dry_run else [t for t in tools if t["name"] in visible]}
         # Answers depend on who asks and on policy that can change: no client may cache them.
         if "ttlMs" in page:
             page["ttlMs"] = 0
         if "cacheScope" in page:
             page["cacheScope"] = "private"
-        if page == result:
-            return None
         return Message({**msg.data, "result": page}, Kind.RESPONSE)
-
-    def _tool_input(self, name: str, arguments: Any) -> dict[str, Any]:
-        annotations = self._annotations.get(name)
-        return {**self.policy.catalog.classify(name, annotations).to_input(annotations),
-                "arguments": arguments if isinstance(arguments, dict) else {}}
-
-    def _remember(self, name: str, annotations: dict[str, Any] | None) -> None:
-        if len(self._annotations) < 65536:
-            self._annotations[name] = annotations or {}
-            self._folded.setdefault(_fold(name), name)
-
-    def _lookalike(self, name: str) -> bool:
-        """A name that is not a known tool but folds (case, Unicode compatibility) onto one."""
-        if name in self._annotations:
-            return False
-        known = self._folded.get(_fold(name))
-        return known is not None and known != name
 
     def _time(self) -> str:
         second = int(self._clock())
@@ -200,22 +278,32 @@ class Enforcer:
             self._now = (second, rfc3339(second))
         return self._now[1]
 
-    async def _decide(self, input: dict[str, Any]) -> tuple[Decision | None, str]:
+    async def _evaluate(self, input: dict[str, Any]) -> Ruling:
+        """One evaluation of the policy; an engine failure is a refusal, never an allow."""
         engine = self.policy.engine
-        decision_id = self._ids.next()
         start = time.perf_counter_ns()
-        decision: Decision | None
         try:
             decision = to_decision(await engine.evaluate(input))
-            result: Any = decision.result
-            outcome = "allow" if decision.allow else "deny"
         except PolicyError as exc:
             log.warning("policy evaluation failed (%s engine): %s", engine.name, exc)
-            decision, result, outcome = None, {"error": str(exc)}, "error"
             self.metrics.errors.labels(engine.name).inc()
+            elapsed = time.perf_counter_ns() - start
+            self._eval_seconds[engine.name].observe(elapsed / 1e9)
+            return Ruling(False, (ENGINE_UNAVAILABLE,), refusal=Refusal.ENGINE_ERROR, result={"error": str(exc)},
+                          eval_ns=elapsed)
         elapsed = time.perf_counter_ns() - start
         self._eval_seconds[engine.name].observe(elapsed / 1e9)
+        scope = decision.result.get("insufficient_scope")
+        return Ruling(decision.allow, decision.reasons, decision.visible_tools,
+                      scope=scope if isinstance(scope, str) and scope else None, result=decision.result,
+                      eval_ns=elapsed)
+
+    def _record(self, input: dict[str, Any], ruling: Ruling) -> str:
+        """The decision's one log entry and one count; its decision id."""
+        engine = self.policy.engine
+        decision_id = self._ids.next()
+        outcome = "error" if ruling.refusal is Refusal.ENGINE_ERROR else "allow" if ruling.allow else "deny"
         self.metrics.decision(input["server"]["name"], outcome, self._mode)
-        self._log.log(decision_id, input["time"], input, result, elapsed,
-                      {"engine": engine.name, "revision": engine.revision, "mode": self._mode})
-        return decision, decision_id
+        labels = {"engine": engine.name, "revision": engine.revision, "mode": self._mode}
+        self._log.log(decision_id, input["time"], input, ruling.result, ruling.eval_ns, labels)
+        return decision_id

@@ -1,12 +1,13 @@
 """The one enforcement point every transport calls, once per message, in both directions.
 
 Transports know how to read messages from their client channel and write messages back; what
-happens to a message is decided here. This issue ships the hook with an allow-all decision; the
-policy engine plugs in behind the same two calls.
+happens to a message is decided here. `AllowAll` is the transparent proxy's
+pipeline; the Enforcer (enforcer.py) decides with the policies behind the same two calls.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +30,8 @@ class Channel:
     protocol_version: str | None = None
     origin: str | None = None
     principal: Principal = ANONYMOUS
+    # The JSON-RPC id of the request this channel's answer belongs to (a Streamable HTTP POST).
+    request_id: Any = None
     # JSON-RPC ids of requests whose responses the pipeline wants to see, with their method.
     watched: dict[Any, str] = field(default_factory=dict)
     # Server→client requests relayed on this channel, so the client's answers can be named.
@@ -46,6 +49,8 @@ class Verdict:
     status: int = 200
     # A scope the decision says the client lacks: answered 403 with an insufficient_scope challenge.
     scope: str | None = None
+    # Request headers checked against the message (Mcp-Param-*), to forward with it.
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 ALLOW = Verdict(allow=True)
@@ -54,8 +59,9 @@ DROP = Message({}, Kind.NOTIFICATION)
 
 
 class Pipeline(Protocol):
-    async def client_message(self, channel: Channel, msg: Message) -> Verdict:
-        """Decide a client→server message before anything of it reaches the upstream."""
+    async def client_message(self, channel: Channel, msg: Message, headers: Iterable[tuple[str, str]] = ()
+                             ) -> Verdict:
+        """Decide a client→server message (with its request headers) before anything of it reaches the upstream."""
         ...
 
     async def server_message(self, channel: Channel, msg: Message) -> Message | None:
@@ -66,7 +72,8 @@ class Pipeline(Protocol):
 class AllowAll:
     """The pass-through pipeline of the transparent proxy."""
 
-    async def client_message(self, channel: Channel, msg: Message) -> Verdict:
+    async def client_message(self, channel: Channel, msg: Message, headers: Iterable[tuple[str, str]] = ()
+                             ) -> Verdict:
         return ALLOW
 
     async def server_message(self, channel: Channel, msg: Message) -> Message | None:

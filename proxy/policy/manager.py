@@ -1,7 +1,9 @@
 """Keeps a good policy set in force: builds it at start, rebuilds it on change or SIGHUP.
 
 A new version is loaded, compiled and smoke-evaluated before it replaces the old one; a broken
-version is logged (naming file and line) and counted, and the last good one stays in force.
+version is logged (naming file and line) and counted, and the last good one stays in force. So is
+a version whose catalog no longer knows a method or tag the config in force names
+(proxy/config_words.py).
 Changes are found by polling a fingerprint of the files (path, size, mtime through symlinks), which
 also sees Kubernetes' ConfigMap update: an atomic swap of the `..data` symlink.
 """
@@ -11,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from ..config import Policy
+from ..config import Config, ConfigError, Policy
+from ..config_words import check_config_words
 from ..enforce.catalog import Catalog, CatalogError
 from ..enforce.enforcer import PolicySet
 from ..observe.metrics import Metrics
@@ -64,9 +68,12 @@ def fingerprint(paths: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
 
 
 class PolicyManager:
-    def __init__(self, config: Policy, holder: PolicyHolder) -> None:
+    def __init__(self, config: Policy, holder: PolicyHolder,
+                 config_in_force: Callable[[], Config] | None = None) -> None:
+        """`config_in_force` gives the running config, whose servers' words a new catalog must know."""
         self.config = config
         self.holder = holder
+        self._config_in_force = config_in_force
         self._fingerprint = fingerprint(config.paths)
 
     def reload(self) -> bool:
@@ -74,9 +81,13 @@ class PolicyManager:
         self._fingerprint = fingerprint(self.config.paths)
         try:
             policy = build_policy_set(self.config)
-        except PolicyLoadError as exc:
+            if self._config_in_force is not None:
+                check_config_words(self._config_in_force(), policy.catalog)
+        except (PolicyLoadError, ConfigError) as exc:
+            problem = f"its catalog does not know a word the running config uses: {exc}" \
+                if isinstance(exc, ConfigError) else str(exc)
             self.holder.metrics.reloads.labels("failure").inc()
-            log.error("policy reload rejected, the previous version stays in force: %s", exc)
+            log.error("policy reload rejected, the previous version stays in force: %s", problem)
             return False
         self.holder.policy = policy
         self.holder.metrics.reloads.labels("success").inc()

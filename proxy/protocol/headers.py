@@ -30,6 +30,10 @@ _NOT_FORWARDED_REQUEST = HOP_BY_HOP | {
     "host", "content-length", "authorization", "proxy-authorization", "cookie", "accept-encoding", "origin",
     "expect",
 }
+# The only Mcp-* request fields forwarded as the client sent them: checked against the body
+# (check_routing_headers) or rewritten by the proxy (the session id). Mcp-Param-* fields are
+# forwarded only when the called tool declares them and they agree with its arguments.
+FORWARDED_MCP = frozenset({PROTOCOL_VERSION, SESSION_ID, METHOD, NAME})
 _NOT_RELAYED_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding", "server", "date", "set-cookie"}
 
 
@@ -42,11 +46,22 @@ def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
 
 
 def upstream_request_headers(client: Iterable[tuple[str, str]], extra: dict[str, str]) -> dict[str, str]:
-    """Client request headers (lowercase names) fit to send upstream, plus the proxy's own."""
-    items = list(client)
-    drop = _NOT_FORWARDED_REQUEST | _connection_tokens(items) if any(n == "connection" for n, _ in items) \
-        else _NOT_FORWARDED_REQUEST
-    out = {name: value for name, value in items if name not in drop}
+    """Client request headers (lowercase names) fit to send upstream, plus the proxy's own.
+
+    A repeated field keeps its last value. Names containing `_` are dropped (nginx's default,
+    `underscores_in_headers off`): a CGI/WSGI layer in front of the upstream maps `_` to `-`, so
+    `mcp_method` or `mcp_session_id` could stand in for the `Mcp-*` fields the proxy checked.
+    """
+    items = client if type(client) is list else list(client)  # Starlette's items() is a list already
+    out = dict(items)
+    drop = _NOT_FORWARDED_REQUEST | _connection_tokens(items) if "connection" in out else _NOT_FORWARDED_REQUEST
+    for name in drop.intersection(out):
+        del out[name]
+    if "_" in "".join(out):  # rare: one scan of all names, then the slow path
+        for name in [n for n in out if "_" in n]:
+            del out[name]
+    for name in [n for n in out if n.startswith("mcp-") and n not in FORWARDED_MCP]:
+        del out[name]  # Mcp-Param-* the tool declares come back with the verdict, checked
     out["accept-encoding"] = "identity"  # the proxy parses SSE; it must see plain bytes
     out.update(extra)
     return out

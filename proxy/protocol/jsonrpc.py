@@ -50,6 +50,8 @@ class Message:
     data: dict[str, Any]
     kind: Kind
     method: str | None = None
+    # The canonical encoding of `data`, made once when a client message is parsed (what is forwarded).
+    canonical: bytes | None = None
 
     @property
     def id(self) -> Any:
@@ -61,7 +63,7 @@ class Message:
         return params if isinstance(params, dict) else {}
 
     def encode(self) -> bytes:
-        return encode(self.data)
+        return self.canonical if self.canonical is not None else encode(self.data)
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -89,6 +91,8 @@ def loads_strict(body: bytes) -> Any:
         return _decoder.decode(text)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise ProtocolError(PARSE_ERROR, f"Parse error: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(PARSE_ERROR, "Parse error: nested too deeply") from None
 
 
 def encode(data: Any) -> bytes:
@@ -104,6 +108,11 @@ def error_response(id: Any, code: int, message: str, data: Any = None) -> dict[s
     if data is not None:
         error["data"] = data
     return {"jsonrpc": "2.0", "id": id, "error": error}
+
+
+def undecided(id: Any, reason: str) -> dict[str, Any]:
+    """What the client gets instead of an upstream answer the proxy could not decide on."""
+    return error_response(id, INTERNAL_ERROR, f"Upstream answer could not be decided ({reason}); it was not relayed")
 
 
 def _valid_id(value: Any) -> bool:
@@ -123,7 +132,7 @@ def to_message(obj: Any) -> Message:
             raise ProtocolError(INVALID_REQUEST, 'Invalid Request: "method" must be a non-empty string',
                                 id=_safe_id(msg_id))
         if "params" in obj and not isinstance(obj["params"], dict):
-            raise ProtocolError(INVALID_REQUEST, 'Invalid Request: "params" must be an object', id=_safe_id(msg_id))
+            raise ProtocolError(INVALID_PARAMS, 'Invalid params: "params" must be an object', id=_safe_id(msg_id))
         if "result" in obj or "error" in obj:
             raise ProtocolError(INVALID_REQUEST, "Invalid Request: a request cannot carry result or error",
                                 id=_safe_id(msg_id))
@@ -160,12 +169,76 @@ def parse_client_body(body: bytes) -> Message:
     if isinstance(obj, list):
         raise ProtocolError(INVALID_REQUEST, "Invalid Request: JSON-RPC batches are not supported; "
                             "send one message per HTTP request")
-    return to_message(obj)
+    msg = to_message(obj)
+    if msg.method == "tools/call":
+        arguments = msg.params.get("arguments")
+        if arguments is not None and not isinstance(arguments, dict):
+            # What the policy would decide on ({}) is not what the upstream would be sent.
+            raise ProtocolError(INVALID_PARAMS, 'Invalid params: "arguments" must be an object', id=_safe_id(msg.id))
+    # Encoded now, before any decision: what cannot be re-encoded (lone surrogates, integers beyond
+    # 64 bits, nesting orjson refuses) is refused up front, and what is decided is what is sent.
+    msg.canonical = encode(obj)
+    return msg
+
+
+class UndecidableAnswer(Exception):
+    """Upstream data that claims to be a JSON-RPC message but is not one the proxy can decide on.
+
+    `id` is the JSON-RPC id the data seems to answer (recovered leniently), so the client waiting
+    for that answer can be told instead of waiting forever; None when none can be recovered.
+    """
+
+    def __init__(self, reason: str, id: Any = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.id = id
+
+
+# Keys that make a JSON object a (would-be) JSON-RPC message rather than a plain HTTP error
+# document such as OAuth's {"error": "invalid_token"}.
+_MESSAGE_KEYS = ("jsonrpc", "id", "result", "method")
+
+
+def _looks_like_message(obj: dict[str, Any]) -> bool:
+    return any(k in obj for k in _MESSAGE_KEYS) or isinstance(obj.get("error"), dict)
 
 
 def parse_server_data(data: bytes | str) -> Message | None:
-    """Parse a message from the upstream leniently (fast parser); None if it is not one."""
+    """Parse data from the upstream: a message, or None for a JSON object that is no message at all.
+
+    Anything in between — not JSON, a byte order mark, trailing data, an array (batch), a scalar,
+    or an object shaped like a message that is not a valid one (no "jsonrpc", "error": null beside
+    "result", a bad id) — raises UndecidableAnswer: lenient client parsers would accept some of
+    these, so they must never be relayed undecided. orjson keeps the last of duplicate keys, as
+    the JSON parsers of the MCP SDKs do.
+    """
     try:
-        return to_message(orjson.loads(data))
-    except (orjson.JSONDecodeError, ProtocolError):
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise UndecidableAnswer(f"not JSON ({exc})", _salvage_id(data)) from None
+    if isinstance(obj, dict):
+        if not _looks_like_message(obj):
+            return None
+        try:
+            return to_message(obj)
+        except ProtocolError as exc:
+            raise UndecidableAnswer(exc.message, _safe_id(obj.get("id"))) from None
+    if isinstance(obj, list):
+        raise UndecidableAnswer("a JSON array (batch) where one message belongs", _first_id(obj))
+    raise UndecidableAnswer(f"a JSON {type(obj).__name__} where a message belongs")
+
+
+def _first_id(items: list[Any]) -> Any:
+    return next((_safe_id(x.get("id")) for x in items if isinstance(x, dict) and "id" in x), None)
+
+
+def _salvage_id(data: bytes | str) -> Any:
+    """The id a lenient parser would find (BOM and whitespace stripped, first of an array)."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    try:
+        obj = orjson.loads(text.strip().lstrip("\ufeff"))
+    except orjson.JSONDecodeError:
         return None
+    if isinstance(obj, list):
+        return _first_id(obj)
+    return _safe_id(obj.get("id")) if isinstance(obj, dict) else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -12,9 +12,7 @@ from starlette.requests import Request
 from ..auth.sessions import SessionBinder
 from ..config import Config
 from ..enforce.pipeline import Pipeline
-from ..protocol import jsonrpc
-from .relay import BodyResponse
-from .upstream import UpstreamClient, UpstreamError
+from .upstream import UpstreamClient
 
 if TYPE_CHECKING:
     from .legacy_sse import LegacySession
@@ -48,7 +46,3 @@ class ProxyContext:
     def scope_challenge(self, request: Request, scope: str, endpoint: str) -> dict[str, str]:
         url = f"{self.base_url(request)}/.well-known/oauth-protected-resource{endpoint}"
         return {"www-authenticate": f'Bearer error="insufficient_scope", scope="{scope}", resource_metadata="{url}"'}
-
-    def upstream_error(self, exc: UpstreamError, request_id: Any = None) -> BodyResponse:
-        body = jsonrpc.encode(jsonrpc.error_response(request_id, jsonrpc.INTERNAL_ERROR, exc.message))
-        return BodyResponse(exc.status, [(b"content-type", b"application/json")], body)

@@ -37,8 +37,9 @@ async def admit(request: Request, channel: Channel, pipeline: Pipeline, limit: i
     """Parse the one message in the request and decide it; ProtocolError for anything malformed."""
     body = await read_body(request, limit)
     msg = jsonrpc.parse_client_body(body)
-    check_routing_headers(request.headers.items(), msg, streamable=channel.transport == "streamable_http")
-    verdict = await pipeline.client_message(channel, msg)
+    headers = request.headers.items()
+    check_routing_headers(headers, msg, streamable=channel.transport == "streamable_http")
+    verdict = await pipeline.client_message(channel, msg, headers)
     if verdict.allow and verdict.watch_response and msg.id is not None:
         channel.watched[msg.id] = msg.method or ""
     return msg, verdict
@@ -46,7 +47,3 @@ async def admit(request: Request, channel: Channel, pipeline: Pipeline, limit: i
 
 def error_response(status: int, error: dict[str, object], headers: dict[str, str] | None = None) -> Response:
     return Response(jsonrpc.encode(error), status_code=status, media_type="application/json", headers=headers)
-
-
-def protocol_error_response(exc: ProtocolError) -> Response:
-    return error_response(exc.status, exc.to_message())

@@ -24,8 +24,9 @@ from ..protocol import jsonrpc
 from ..protocol.headers import client_response_headers, upstream_request_headers
 from ..protocol.jsonrpc import INVALID_REQUEST, ProtocolError
 from ..protocol.sse import Event, encode_event
+from . import answers
 from .context import ProxyContext
-from .intake import admit, error_response, protocol_error_response
+from .intake import admit
 from .relay import BodyResponse, StreamResponse, relay, relay_sse
 from .upstream import UpstreamError
 
@@ -48,6 +49,16 @@ class LegacySession:
         data = jsonrpc.encode(message).decode()
         await self.outgoing.put(encode_event(data, event="message", newline=self.newline).raw)
 
+    async def deliver(self, answer: answers.Answer) -> BodyResponse:
+        """The proxy's answer to a POST: on the stream (where this transport's answers travel) when it
+        answers a request; the POST gets 202 Accepted, or the answer's error status."""
+        if answer.answers_request:
+            assert answer.message is not None
+            await self.inject(answer.message)
+        if answer.status == 200:
+            return BodyResponse(202, [(b"content-type", b"text/plain")], b"Accepted")
+        return answer.response()
+
 
 def _same_origin(a: str, b: str) -> bool:
     pa, pb = urlsplit(a), urlsplit(b)
@@ -63,7 +74,7 @@ async def open_stream(ctx: ProxyContext, request: Request, access: Access) -> An
     try:
         resp = await ctx.upstream.send("GET", sse_url, headers)
     except UpstreamError as exc:
-        return ctx.upstream_error(exc)
+        return answers.upstream_failure(exc, None).response()
     limits = ctx.config.limits
     if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
         return await relay(channel, ctx.pipeline, resp, max_event_bytes=limits.max_sse_event_bytes,
@@ -110,7 +121,7 @@ async def open_stream(ctx: ProxyContext, request: Request, access: Access) -> An
 async def post_message(ctx: ProxyContext, request: Request, access: Access) -> Any:
     session_id = request.query_params.get("session_id")
     if not session_id:
-        return protocol_error_response(ProtocolError(INVALID_REQUEST, "session_id is required"))
+        return answers.protocol_failure(ProtocolError(INVALID_REQUEST, "session_id is required")).response()
     session = ctx.legacy_sessions.get(session_id)
     # A session is bound to the principal and server that opened it: anyone else finds nothing.
     if (session is None or session.upstream_url is None or session.channel.server is not access.server
@@ -119,21 +130,16 @@ async def post_message(ctx: ProxyContext, request: Request, access: Access) -> A
     try:
         msg, verdict = await admit(request, session.channel, ctx.pipeline, ctx.config.limits.max_body_bytes)
     except ProtocolError as exc:
-        return protocol_error_response(exc)
+        return await session.deliver(answers.protocol_failure(exc))
     if not verdict.allow:
-        if verdict.reply is not None:  # answers travel on the stream on this transport
-            await session.inject(verdict.reply)
-        if verdict.status != 200:
-            challenge = ctx.scope_challenge(request, verdict.scope, "/sse") if verdict.scope else None
-            return error_response(verdict.status, verdict.reply or {}, headers=challenge)
-        return BodyResponse(202, [(b"content-type", b"text/plain")], b"Accepted")
+        challenge = ctx.scope_challenge(request, verdict.scope, "/sse") if verdict.scope else None
+        return await session.deliver(answers.refusal(verdict, challenge))
     headers = upstream_request_headers(request.headers.items(), ctx.upstream.headers)
+    headers.update(verdict.headers)
     try:
         resp = await ctx.upstream.send("POST", session.upstream_url, headers, msg.encode())
         return await relay(session.channel, ctx.pipeline, resp,
                            max_event_bytes=ctx.config.limits.max_sse_event_bytes,
                            timeout_s=ctx.config.upstream.timeout_s)
     except UpstreamError as exc:
-        if msg.id is not None:  # the client waits for its answer on the stream
-            await session.inject(jsonrpc.error_response(msg.id, jsonrpc.INTERNAL_ERROR, exc.message))
-        return error_response(exc.status, jsonrpc.error_response(msg.id, jsonrpc.INTERNAL_ERROR, exc.message))
+        return await session.deliver(answers.upstream_failure(exc, msg.id))

@@ -1,8 +1,9 @@
 """Upstream → client: relay an upstream answer, streaming, through the pipeline's response hook.
 
 SSE streams are decoded event by event and each event is written as soon as it is complete:
-untouched events go out byte for byte, only a message the pipeline replaces is re-encoded. A
-JSON answer is parsed only when the pipeline asked to see the response to that request.
+untouched events go out byte for byte, only a message the pipeline replaces is re-encoded. Every
+JSON answer and every message event passes one gate (`decide`): what cannot be parsed as a
+JSON-RPC message is never relayed undecided.
 """
 
 from __future__ import annotations
@@ -97,30 +98,59 @@ class StreamResponse:
 async def relay(channel: Channel, pipeline: Pipeline, resp: UpstreamResponse, *, max_event_bytes: int,
                 timeout_s: float, on_event: EventHook | None = None) -> BodyResponse | StreamResponse:
     headers = client_response_headers(resp.headers)
-    if resp.content_type.startswith("text/event-stream"):
+    media = resp.content_type.split(";", 1)[0].strip()
+    if media.startswith("text/event-stream"):
         events = relay_sse(channel, pipeline, resp.chunks(), max_event_bytes, on_event)
         return StreamResponse(resp.status, headers, events)
-    if channel.watched and resp.content_type.startswith("application/json"):
+    if "json" in media:  # application/json and any +json type: one message, decided whole
         body = await resp.read(max_event_bytes, timeout_s)
-        msg = jsonrpc.parse_server_data(body)
-        if msg is not None:
-            replacement = await server_message(channel, pipeline, msg)
-            if replacement is DROP:
-                return BodyResponse(202, [], b"")
-            if replacement is not None:
-                body = jsonrpc.encode(replacement.data)
-        return BodyResponse(resp.status, headers, body)
+        if not body.strip():  # an empty body (a DELETE's 200, a 202) carries nothing to decide
+            return BodyResponse(resp.status, headers, body)
+        replacement, undecided = await decide(channel, pipeline, body, answers_request=True)
+        if replacement is None:
+            return BodyResponse(resp.status, headers, body)
+        if replacement is DROP:
+            return BodyResponse(202, [], b"")
+        return BodyResponse(502 if undecided else resp.status, headers, jsonrpc.encode(replacement.data))
+    if channel.request_id is not None and 200 <= resp.status < 300 and resp.status not in (202, 204):
+        resp.close()  # a success answer to a request in a form the proxy cannot read: never relayed
+        why = f"a {resp.status} answer with Content-Type {resp.content_type or '(none)'}"
+        log.warning("refused an upstream answer: %s", why)
+        body = jsonrpc.encode(jsonrpc.undecided(channel.request_id, why))
+        return BodyResponse(502, [(b"content-type", b"application/json")], body)
     length = next((v for n, v in resp.headers if n.lower() == "content-length"), None)
     if length is not None and length.isdigit() and int(length) <= _SMALL_BODY:
         return BodyResponse(resp.status, headers, await resp.read(_SMALL_BODY, timeout_s))
     return StreamResponse(resp.status, headers, resp.chunks())
 
 
-async def server_message(channel: Channel, pipeline: Pipeline, msg: jsonrpc.Message) -> jsonrpc.Message | None:
+async def decide(channel: Channel, pipeline: Pipeline, data: bytes | str, *, answers_request: bool
+                 ) -> tuple[jsonrpc.Message | None, bool]:
+    """The one gate of every server→client message, whatever carried it (a JSON answer, an SSE
+    event of a POST, GET, resumed or legacy stream).
+
+    Returns (None, False) to relay the data as it is, (DROP, False) to relay nothing, or a message
+    to relay instead — with True when it replaces data that could not be decided on at all. Such
+    data is never relayed: the request it seems to answer gets a JSON-RPC error, or, when no
+    waiting request can be named, it is dropped. `answers_request`: the data is the whole answer
+    to the channel's request (a JSON body), not one event among others.
+    """
+    try:
+        msg = jsonrpc.parse_server_data(data)
+    except jsonrpc.UndecidableAnswer as exc:
+        log.warning("refused an upstream message: %s", exc.reason)
+        target = exc.id if exc.id is not None and (exc.id in channel.watched or exc.id == channel.request_id) \
+            else channel.request_id if answers_request else None
+        if target is None and not answers_request:
+            return DROP, False
+        channel.watched.pop(target, None)
+        return jsonrpc.Message(jsonrpc.undecided(target, exc.reason), Kind.RESPONSE), True
+    if msg is None:  # a JSON document that is no message: an HTTP error body; never an SSE message
+        return (None if answers_request else DROP), False
     replacement = await pipeline.server_message(channel, msg)
     if msg.kind is Kind.RESPONSE and channel.watched:
         channel.watched.pop(msg.id, None)
-    return replacement
+    return replacement, False
 
 
 async def relay_sse(channel: Channel, pipeline: Pipeline, chunks: AsyncIterator[bytes], max_event_bytes: int,
@@ -148,13 +178,12 @@ async def relay_sse(channel: Channel, pipeline: Pipeline, chunks: AsyncIterator[
 async def relay_event(channel: Channel, pipeline: Pipeline, ev: Event, on_event: EventHook | None) -> bytes:
     if on_event is not None and (handled := await on_event(ev)) is not None:
         return handled
-    if not ev.has_data or ev.event not in (None, "message") or not ev.data:
-        return ev.raw  # priming events, pings, comments, other event types
-    msg = jsonrpc.parse_server_data(ev.data)
-    if msg is None:
-        log.warning("dropped an upstream SSE event that is not a JSON-RPC message")
-        return b""
-    replacement = await server_message(channel, pipeline, msg)
+    if not ev.data:
+        return ev.raw  # priming events, pings, comments, id/retry-only events: nothing a client reads
+    if ev.event not in (None, "message"):
+        log.warning("dropped an upstream SSE event of type %r", ev.event[:64])
+        return b""  # MCP sends messages only: nothing the pipeline did not see reaches the client
+    replacement, _ = await decide(channel, pipeline, ev.data, answers_request=False)
     if replacement is None:
         return ev.raw
     if replacement is DROP:

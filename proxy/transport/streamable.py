@@ -16,9 +16,10 @@ from ..auth.authenticator import Access
 from ..enforce.pipeline import Channel
 from ..protocol import jsonrpc
 from ..protocol.headers import PROTOCOL_VERSION, SESSION_ID, upstream_request_headers
-from ..protocol.jsonrpc import ProtocolError
+from ..protocol.jsonrpc import Kind, ProtocolError
+from . import answers
 from .context import ProxyContext
-from .intake import admit, error_response, protocol_error_response
+from .intake import admit
 from .relay import BodyResponse, StreamResponse, relay
 from .upstream import UpstreamError
 
@@ -33,24 +34,25 @@ async def handle(ctx: ProxyContext, request: Request, access: Access) -> Any:
     if (presented := request.headers.get(SESSION_ID)) is not None:
         upstream_session = ctx.sessions.unwrap(identity, server_name, presented)
         if upstream_session is None:  # another principal's session, or a forged one: unknown here
-            return error_response(404, jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Session not found"))
+            return answers.Answer(404, jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Session not found")
+                                  ).response()
     body: bytes | None = None
-    request_id = None
+    forwarded: tuple[tuple[str, str], ...] = ()
     if request.method == "POST":
         try:
             msg, verdict = await admit(request, channel, ctx.pipeline, ctx.config.limits.max_body_bytes)
         except ProtocolError as exc:
-            return protocol_error_response(exc)
+            return answers.protocol_failure(exc).response()
         if not verdict.allow:
-            if verdict.reply is None:
-                return BodyResponse(202, [], b"")
             challenge = ctx.scope_challenge(request, verdict.scope, "/mcp") if verdict.scope else None
-            return error_response(verdict.status, verdict.reply, headers=challenge)
-        body, request_id = msg.encode(), msg.id
+            return answers.refusal(verdict, challenge).response()
+        body, forwarded = msg.encode(), verdict.headers
+        channel.request_id = msg.id if msg.kind is Kind.REQUEST else None
     elif request.method not in ("GET", "DELETE"):
         return BodyResponse(405, [(b"allow", _ALLOWED.encode())], b"")
 
     headers = upstream_request_headers(request.headers.items(), ctx.upstream.headers)
+    headers.update(forwarded)
     if upstream_session is not None:
         headers[SESSION_ID] = upstream_session
     try:
@@ -58,7 +60,7 @@ async def handle(ctx: ProxyContext, request: Request, access: Access) -> Any:
         response = await relay(channel, ctx.pipeline, resp, max_event_bytes=ctx.config.limits.max_sse_event_bytes,
                                timeout_s=ctx.config.upstream.timeout_s)
     except UpstreamError as exc:
-        return ctx.upstream_error(exc, request_id=request_id)
+        return answers.upstream_failure(exc, channel.request_id).response()
     response.headers = [(n, ctx.sessions.wrap(identity, server_name, v.decode("latin-1")).encode("latin-1"))
                         if n == b"mcp-session-id" else (n, v) for n, v in response.headers]
     if isinstance(response, StreamResponse):

@@ -9,6 +9,11 @@ The timeout bounds the wait for response headers (and for a JSON body read whole
 once started, lives as long as both ends keep it open. A response body is buffered only up to a
 high-water mark before the socket stops being read, so a slow client slows the upstream instead of
 filling memory.
+
+An encoded answer (`Content-Encoding: gzip`/`x-gzip`/`deflate`, though the proxy asks for
+identity) is decoded as it is read, in bounded slices (proxy/protocol/content_coding.py), and its
+headers no longer describe the encoded form; any other coding is refused (502), never relayed with
+its encoding stripped.
 """
 
 from __future__ import annotations
@@ -23,10 +28,14 @@ from urllib.parse import urlsplit
 import httptools
 
 from ..config import Upstream as UpstreamConfig
+from ..protocol.content_coding import ContentCodingError, Decoder, decoder_for
 
 _HIGH_WATER = 1024 * 1024
 _LOW_WATER = 256 * 1024
 _IDEMPOTENT = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+_NOTED = frozenset({"content-length", "transfer-encoding", "content-encoding"})
+# Fields of an encoded answer that describe the encoded bytes, not the decoded body relayed.
+_ENCODED_ONLY = frozenset({"content-encoding", "content-length", "accept-ranges"})
 
 
 class UpstreamError(Exception):
@@ -61,6 +70,7 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.complete = False
         self.framed = False  # Content-Length or chunked: the end of the body is known
+        self.encoded = False  # a Content-Encoding field
         self.keep_alive = False
         self.received = False
         self.error: UpstreamError | None = None
@@ -128,8 +138,11 @@ class _Connection(asyncio.Protocol):
     # --- httptools callbacks ---
     def on_header(self, name: bytes, value: bytes) -> None:
         lname = name.decode("latin-1").lower()
-        if lname in ("content-length", "transfer-encoding"):
-            self.framed = True
+        if lname in _NOTED:
+            if lname == "content-encoding":
+                self.encoded = True
+            else:
+                self.framed = True
         self.headers.append((lname, value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -137,6 +150,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = self.parser.should_keep_alive()  # only valid until the message ends
         if self.status < 200:  # 1xx: an interim response; the real one follows on this parser
             self.headers = []
+            self.framed = self.encoded = False
         elif not self.head.done():
             self.head.set_result(None)
 
@@ -154,27 +168,64 @@ class _Connection(asyncio.Protocol):
             self._wake()
 
 
+def _too_large() -> UpstreamError:
+    return UpstreamError(502, "Upstream response body is too large")
+
+
+def _undecodable(exc: ContentCodingError) -> UpstreamError:
+    return UpstreamError(502, f"Invalid upstream response body: {exc}")
+
+
 class UpstreamResponse:
-    __slots__ = ("_client", "_conn", "content_type", "headers", "status")
+    """Status, headers and body of one upstream answer; the body is read once, decoded."""
+
+    __slots__ = ("_client", "_conn", "_decoder", "content_type", "headers", "status")
 
     def __init__(self, client: UpstreamClient, conn: _Connection) -> None:
         self._client, self._conn = client, conn
         self.status = conn.status
         self.headers = conn.headers
-        self.content_type = next((v for n, v in conn.headers if n == "content-type"), "").lower()
+        self._decoder: Decoder | None = None
+        if conn.encoded and self.status not in (204, 304):  # those carry no body to decode
+            self._decode_as_sent()
+        self.content_type = next((v for n, v in self.headers if n == "content-type"), "").lower()
+
+    def _decode_as_sent(self) -> None:
+        """Set up the decoding of an encoded body, or refuse a coding that cannot be decoded."""
+        try:
+            self._decoder = decoder_for(v for n, v in self.headers if n == "content-encoding")
+        except ContentCodingError as exc:
+            raise UpstreamError(502, f"Upstream answered with an {exc}") from None
+        if self._decoder is not None:
+            # What is relayed is the decoded body: the encoded length, ranges and a strong
+            # validator of the encoded bytes no longer describe it (as nginx's gunzip does).
+            self.headers = [(n, f"W/{v}" if n == "etag" and v.startswith('"') else v)
+                            for n, v in self.headers if n not in _ENCODED_ONLY]
 
     async def read(self, limit: int, timeout_s: float) -> bytes:
         """The whole body (a single JSON message), bounded in size and time."""
-        conn = self._conn
+        conn, decoder = self._conn, self._decoder
         timer = conn.loop.call_later(timeout_s, conn.time_out)
         parts: list[bytes] = []
         size = 0
         try:
-            while (chunk := await conn.next_chunk()) is not None:
-                size += len(chunk)
-                if size > limit:
-                    raise UpstreamError(502, "Upstream response body is too large")
-                parts.append(chunk)
+            if decoder is None:
+                while (chunk := await conn.next_chunk()) is not None:
+                    size += len(chunk)
+                    if size > limit:
+                        raise _too_large()
+                    parts.append(chunk)
+            else:
+                while (chunk := await conn.next_chunk()) is not None:
+                    for piece in decoder.feed(chunk):  # slice by slice: a bomb stops at the limit
+                        size += len(piece)
+                        if size > limit:
+                            raise _too_large()
+                        parts.append(piece)
+                decoder.close()
+        except ContentCodingError as exc:
+            conn.close()
+            raise _undecodable(exc) from None
         except BaseException:
             conn.close()
             raise
@@ -184,11 +235,24 @@ class UpstreamResponse:
         return b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Body bytes as they arrive; the connection is closed if the consumer stops early."""
-        conn = self._conn
+        """Body bytes (decoded) as they arrive; the connection is closed if the consumer stops early."""
+        conn, decoder = self._conn, self._decoder
         try:
-            while (chunk := await conn.next_chunk()) is not None:
-                yield chunk
+            if decoder is None:
+                while (chunk := await conn.next_chunk()) is not None:
+                    yield chunk
+            else:
+                while (chunk := await conn.next_chunk()) is not None:
+                    more = False
+                    for piece in decoder.feed(chunk):
+                        if more:  # one small chunk expanding to many slices: let the loop run between them
+                            await asyncio.sleep(0)
+                        more = True
+                        yield piece
+                decoder.close()
+        except ContentCodingError as exc:
+            conn.close()
+            raise _undecodable(exc) from None
         except BaseException:
             conn.close()
             raise
@@ -300,9 +364,9 @@ class UpstreamClient:
         timer = conn.loop.call_later(self.config.timeout_s, conn.time_out)
         try:
             await conn.head
+            return UpstreamResponse(self, conn)  # refuses a Content-Encoding it cannot decode
         except BaseException:
             conn.close()
             raise
         finally:
             timer.cancel()
-        return UpstreamResponse(self, conn)

@@ -61,6 +61,29 @@ async def test_reload_revokes_adds_and_rejects_broken_versions(sdk_upstream, tmp
         proxy.stop()
 
 
+async def test_reload_to_a_method_the_catalog_does_not_know_is_rejected(sdk_upstream, tmp_path):
+    upstream = sdk_upstream("stateless-json")
+    token = secret()
+    proxy = start_proxy(tmp_path, upstream.base, {"auth": {"url_token_key": KEY}, "policy": {"reload_interval_s": 0.2},
+                                                  "servers": [server("triage", token)]})
+    config = yaml.safe_load(proxy.config_path.read_text())
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            config["servers"] = [{**server("triage", token), "methods": ["reed"]}]
+            proxy.config_path.write_text(yaml.safe_dump(config))
+            assert await eventually(lambda: _has(proxy, "config reload rejected"))
+            assert (f"{proxy.config_path}: servers[0].methods[0]: unknown method 'reed' (did you mean 'read'?); "
+                    "known: read, write, custom, ") in proxy.handle.stderr()
+            assert await status(http, proxy.base, token) == 200  # the running config (methods: [read]) stays
+            metrics = (await http.get(f"{proxy.base}/metrics")).text
+            assert 'mcp_proxy_config_reloads_total{result="failure"} 1.0' in metrics
+            tools = await http.post(f"{proxy.base}/{token}/mcp", headers=HEADERS,
+                                    json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+            assert tools.status_code == 200 and tools.json()["result"]["tools"], tools.text
+    finally:
+        proxy.stop()
+
+
 async def test_sighup_reloads_the_config(sdk_upstream, tmp_path):
     upstream = sdk_upstream("stateless-json")
     first, second = secret(), secret()

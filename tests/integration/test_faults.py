@@ -92,7 +92,7 @@ async def test_refused_bodies_never_reach_the_upstream(sdk_upstream, proxy_for, 
                 yield b" " * 512
         r = await http.post(proxy.url, content=chunked(), headers=HEADERS)
         assert r.status_code == 413
-    assert upstream.requests() == []
+    assert upstream.relayed() == []
 
 
 async def test_header_body_mismatch_never_reaches_the_upstream(sdk_upstream, proxy_for):
@@ -108,7 +108,7 @@ async def test_header_body_mismatch_never_reaches_the_upstream(sdk_upstream, pro
     assert r.status_code == 400
     assert r.json() == {"jsonrpc": "2.0", "id": 9, "error": {
         "code": -32020, "message": "Header mismatch: Mcp-Name does not match params.name"}}
-    assert upstream.requests() == []
+    assert upstream.relayed() == []
 
 
 async def test_legacy_messages_need_a_known_session(sdk_upstream, proxy_for):

@@ -56,7 +56,8 @@ async def test_request_headers_forwarded_and_stripped(echo_stack):
     sent = {**HEADERS, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "echo",
             "mcp-param-region": "eu", "mcp-session-id": session, "last-event-id": "e-9",
             "authorization": "Bearer client-secret", "cookie": "sid=client", "connection": "keep-alive, x-hop",
-            "x-hop": "1", "te": "trailers", "proxy-authorization": "Basic eA==", "x-custom": "kept"}
+            "x-hop": "1", "te": "trailers", "proxy-authorization": "Basic eA==", "x-custom": "kept",
+            "mcp-param-undeclared": "x", "mcp_method": "tools/list", "mcp_name": "other"}
     async with httpx.AsyncClient() as http:
         r = await http.post(proxy.url, json=call, headers=sent)
     got = r.json()["headers"]
@@ -64,7 +65,10 @@ async def test_request_headers_forwarded_and_stripped(echo_stack):
                  "last-event-id", "x-custom", "accept", "content-type"):
         assert got[name] == sent[name], name
     assert got["mcp-session-id"] == "s-1"  # the upstream's own id, unwrapped
-    for name in ("cookie", "x-hop", "te", "proxy-authorization", "connection", "origin"):
+    # Only Mcp-Param-* headers the tool declares (and the proxy checked) go on; underscore spellings
+    # (which a CGI layer would read as Mcp-Method, Mcp-Name) never.
+    for name in ("cookie", "x-hop", "te", "proxy-authorization", "connection", "origin",
+                 "mcp-param-undeclared", "mcp_method", "mcp_name"):
         assert name not in got, name
     assert got["authorization"] == "Bearer upstream-credential"
     assert got["x-proxy-tenant"] == "acme"
@@ -78,10 +82,10 @@ async def test_get_and_delete_are_relayed(echo_stack):
     async with httpx.AsyncClient() as http:
         r = await http.get(proxy.url, headers={"accept": "text/event-stream", "mcp-session-id": session,
                                                "x-test-status": "405"})
-        assert r.status_code == 405 and r.json()["method"] == "GET"
+        assert r.status_code == 405 and r.json()["http_method"] == "GET"
         assert r.json()["headers"]["mcp-session-id"] == "s-2"
         r = await http.delete(proxy.url, headers={"mcp-session-id": session})
-        assert r.status_code == 200 and r.json()["method"] == "DELETE"
+        assert r.status_code == 200 and r.json()["http_method"] == "DELETE"
         r = await http.put(proxy.url, json=PING)
         assert r.status_code == 405 and r.headers["allow"] == "GET, POST, DELETE"
 

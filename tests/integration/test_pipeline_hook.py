@@ -29,7 +29,7 @@ class HidingPipeline:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, str | None]] = []
 
-    async def client_message(self, channel: Channel, msg: Message) -> Verdict:
+    async def client_message(self, channel: Channel, msg: Message, headers=()) -> Verdict:
         self.seen.append((channel.transport, msg.kind.value, msg.method))
         if msg.method == "tools/call" and msg.params.get("name") == "sleep":
             return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.FORBIDDEN, "Forbidden by policy"))

@@ -89,7 +89,7 @@ async def test_unknown_method_is_forbidden_with_reasons(stack):
     assert body["error"]["message"] == "Forbidden by policy"
     assert body["error"]["data"]["reasons"] == ["admin/shutdown is not a method server triage allows"]
     assert len(body["error"]["data"]["decision_id"]) == 36
-    assert upstream.requests() == []
+    assert upstream.relayed() == []
 
 
 async def test_dry_run_decides_and_logs_but_never_blocks(stack, tmp_path_factory):
@@ -135,7 +135,7 @@ async def test_engine_failure_is_503_and_nothing_is_forwarded(sdk_upstream, prox
         r = await http.post(proxy.url, headers=HEADERS, json=call)
     assert r.status_code == 503
     assert r.json() == {"jsonrpc": "2.0", "id": 4, "error": {"code": -32603, "message": "Policy engine unavailable"}}
-    assert upstream.requests() == []
+    assert upstream.relayed() == []
 
 
 async def test_every_tools_list_page_and_stream_is_filtered(tmp_path):
@@ -174,7 +174,7 @@ async def test_batch_mixing_allowed_and_denied_calls_is_refused_whole(stack):
     async with httpx.AsyncClient() as http:
         r = await http.post(proxy.url, headers={**HEADERS, "mcp-protocol-version": "2025-03-26"}, json=batch)
     assert r.status_code == 400 and r.json()["error"]["code"] == -32600
-    assert upstream.requests() == []
+    assert upstream.relayed() == []
 
 
 async def test_no_server_without_a_token_means_no_plain_mcp_endpoint(sdk_upstream, proxy_for):
@@ -185,4 +185,4 @@ async def test_no_server_without_a_token_means_no_plain_mcp_endpoint(sdk_upstrea
         r = await http.post(proxy.url, headers=HEADERS, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
         assert r.status_code == 404
         assert (await http.get(proxy.sse_url)).status_code == 404
-    assert upstream.requests() == []
+    assert upstream.relayed() == []

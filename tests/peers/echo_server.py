@@ -28,17 +28,26 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if "x-test-tools" in headers:
         await _tools_answer(scope, headers, body, send)
         return
+    if headers.get("mcp-method") == "tools/list":  # the proxy listing the tools of this stand-in itself
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": json.dumps(
+            {"jsonrpc": "2.0", "id": json.loads(body)["id"], "result": {"tools": ECHO_TOOLS}}).encode()})
+        return
     status = int(headers.get("x-test-status", "200"))
     out_headers = [(b"content-type", b"application/json")]
     for name, value in scope["headers"]:
         if name.startswith(b"x-test-header-"):
             out_headers.append((name[len(b"x-test-header-"):], value))
-    payload = json.dumps({"method": scope["method"], "path": scope["path"], "headers": headers,
+    payload = json.dumps({"http_method": scope["method"], "path": scope["path"], "headers": headers,
                           "raw_headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
                           "body": body.decode("utf-8", "replace")}).encode()
     await send({"type": "http.response.start", "status": status, "headers": out_headers})
     await send({"type": "http.response.body", "body": payload})
 
+
+# What this stand-in declares when the proxy lists its tools: `echo`, its `region` mirrored in a header.
+ECHO_TOOLS = [{"name": "echo", "inputSchema": {
+    "type": "object", "properties": {"region": {"type": "string", "x-mcp-header": "Region"}}}}]
 
 # A paginated tools/list (two pages via cursor) whose tools have write and read names.
 TOOL_PAGES = {

@@ -129,6 +129,11 @@ class Upstream:
         with self.record_file.open(encoding="utf-8") as fh:
             return [json.loads(line) for line in fh if line.strip()]
 
+    def relayed(self) -> list[dict[str, Any]]:
+        """The recorded requests the proxy relayed from clients (not its own tool listings)."""
+        return [r for r in self.requests()
+                if not r["headers"].get("user-agent", "").startswith("mcp-policy-proxy/")]
+
     def clear_requests(self) -> None:
         """Forget what was recorded so far (the server appends, so truncating is safe)."""
         self.record_file.write_text("")

@@ -98,3 +98,59 @@ def test_a_deployment_extends_the_bundled_policies(tmp_path):
     with pytest.raises(PolicyLoadError) as err:
         build_policy_set(config.policy)
     assert str(err.value).startswith(f"{overrides}: data.catalog.overrides.tools.create_a_missive_post.tags:")
+
+
+def test_known_methods_and_tags_of_entries_rules_and_overrides():
+    catalog = Catalog({
+        "tools": {"merge_missive_conversations": {"method": "merge", "access": "custom", "tags": ["conversations"]},
+                  "archive_all": {"tags": ["archive"]}},       # no method: its name is its (custom) method
+        "tag_rules": [{"word": "label", "tags": ["labels"]}],
+        "overrides": {"tools": {"search_inbox": {"method": "search", "access": "read", "tags": ["inbox"]},
+                                "create_a_missive_post": {"tags": ["posts", "notes"]}},   # method by convention
+                      "tag_rules": [{"word": "invoice", "tags": ["billing"]}]},
+    })
+    assert catalog.known_methods == ("read", "write", "custom", "list", "get", "create", "update", "delete",
+                                     "archive_all", "merge", "search")
+    assert catalog.known_tags == ("archive", "billing", "conversations", "inbox", "labels", "notes", "posts")
+    assert Catalog().known_methods[:3] == ("read", "write", "custom") and Catalog().known_tags == ()
+
+
+def test_the_shipped_catalog_knows_the_demo_servers_words():
+    from proxy.demo_launcher import EXAMPLE_SERVERS
+
+    catalog = build_policy_set(load(None, {"upstream.url": "http://h/mcp"}).policy).catalog
+    assert "merge" in catalog.known_methods and {"support", "admin", "shared_labels"} <= set(catalog.known_tags)
+    for server in EXAMPLE_SERVERS:
+        assert set(server["methods"]) <= set(catalog.known_methods)
+        assert set(server["tags"]) <= set(catalog.known_tags)
+
+
+def test_a_policy_reload_whose_catalog_drops_a_word_the_config_uses_is_rejected(tmp_path, caplog):
+    """The overrides that introduced tag `notes` lose it while a server still names it: the reload
+    is refused like a broken policy, and the previous policy set stays in force."""
+    from types import SimpleNamespace
+
+    from proxy.observe.metrics import Metrics
+    from proxy.policy.manager import PolicyManager
+
+    extra = tmp_path / "extra"
+    (extra / "catalog" / "overrides").mkdir(parents=True)
+    overrides = extra / "catalog" / "overrides" / "data.yaml"
+    overrides.write_text("tools:\n  create_a_missive_post: {tags: [posts, notes]}\n")
+    config_file = tmp_path / "proxy.yaml"
+    config_file.write_text("upstream: {url: http://127.0.0.1:9/mcp}\npolicy: {paths: ['@bundled', extra/]}\n"
+                           "servers: [{name: notes, methods: [read, create], tags: [notes]}]\n")
+    config = load(config_file)
+    first = build_policy_set(config.policy)
+    holder = SimpleNamespace(policy=first, metrics=Metrics())
+    manager = PolicyManager(config.policy, holder, lambda: config)
+
+    overrides.write_text("tools:\n  create_a_missive_post: {tags: [posts, memos]}\n")
+    assert manager.reload() is False and holder.policy is first
+    assert (f"policy reload rejected, the previous version stays in force: its catalog does not know a word "
+            f"the running config uses: {config_file}: servers[0].tags[0]: unknown tag 'notes'") in caplog.text
+    assert 'mcp_proxy_policy_reloads_total{result="failure"} 1.0' in holder.metrics.render().decode()
+
+    overrides.write_text("tools:\n  create_a_missive_post: {tags: [posts, notes, memos]}\n")
+    assert manager.reload() is True and holder.policy is not first
+    assert holder.policy.catalog.classify("create_a_missive_post").tags == ("posts", "notes", "memos")

@@ -171,3 +171,139 @@ def test_config_check_compiles_the_policies(tmp_path, capsys):
     (site / "broken.rego").unlink()
     assert main(["config", "check", str(config)]) == 0
     assert "ok (" in capsys.readouterr().out
+
+
+KNOWN_METHODS = "known: read, write, custom, list, get, create, update, delete, merge"
+
+
+def test_config_check_refuses_words_the_catalog_does_not_know(tmp_path, capsys):
+    """`methods: [reed]` or `tags: [suport]` would match nothing: refused, naming file, key and nearest word."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text("upstream: {url: 'http://127.0.0.1:3000/mcp'}\n"
+                      "servers: [{name: a, methods: [read]}, {name: b, token_hmac: '" + "0" * 64 + "', "
+                      "methods: [read, reed]}]\nauth: {url_token_key: " + "k" * 32 + "}\n")
+    assert main(["config", "check", str(config)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"mcp-policy-proxy: {config}: servers[1].methods[1]: unknown method 'reed' (did you mean 'read'?); "
+        f"{KNOWN_METHODS}")
+
+    config.write_text("upstream: {url: 'http://127.0.0.1:3000/mcp'}\nservers: [{name: a, tags: [posts, suport]}]\n")
+    assert main(["config", "check", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: servers[0].tags[1]: unknown tag 'suport' (did you mean 'support'?); known: admin, " in err
+    assert "shared_labels, support, tasks, teams, users, webhooks" in err
+
+
+def test_serve_refuses_words_the_catalog_does_not_know(tmp_path, capsys):
+    config = tmp_path / "proxy.yaml"
+    config.write_text("upstream: {url: 'http://127.0.0.1:3000/mcp'}\nservers: [{name: a, methods: [raed]}]\n")
+    assert main(["serve", "--config", str(config)]) == 2
+    assert (f"{config}: servers[0].methods[0]: unknown method 'raed' (did you mean 'read'?); {KNOWN_METHODS}"
+            in capsys.readouterr().err)
+
+
+def test_a_custom_method_is_named_by_adding_its_tool_to_the_catalog_overrides(tmp_path, capsys):
+    """An upstream's custom tool the catalog does not list cannot be named in `methods` until the
+    deployment's catalog overrides list it."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text("upstream: {url: 'http://127.0.0.1:3000/mcp'}\npolicy: {paths: ['@bundled', site/]}\n"
+                      "servers: [{name: a, methods: [read, archive], tags: [archive]}]\n")
+    (tmp_path / "site").mkdir()
+    assert main(["config", "check", str(config)]) == 2
+    assert "servers[0].methods[1]: unknown method 'archive'; known: read, " in capsys.readouterr().err
+    overrides = tmp_path / "site" / "catalog" / "overrides"
+    overrides.mkdir(parents=True)
+    (overrides / "data.yaml").write_text("tools:\n  archive_conversation: {method: archive, access: custom}\n")
+    assert main(["config", "check", str(config)]) == 2
+    assert "servers[0].tags[0]: unknown tag 'archive'" in capsys.readouterr().err
+    (overrides / "data.yaml").write_text(
+        "tools:\n  archive_conversation: {method: archive, access: custom, tags: [archive]}\n")
+    assert main(["config", "check", str(config)]) == 0
+    assert "ok (1 server(s): a" in capsys.readouterr().out
+
+
+def test_token_create_checks_the_entry_against_the_catalog(capsys, monkeypatch):
+    monkeypatch.setenv("URL_TOKEN_KEY", "k" * 32)
+    assert main(["token", "create", "--server", "triage", "--methods", "read,reed"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"mcp-policy-proxy: token create: --methods: unknown method 'reed' (did you mean 'read'?); {KNOWN_METHODS}")
+    assert main(["token", "create", "--server", "triage", "--tags", "suport"]) == 2
+    assert "token create: --tags: unknown tag 'suport' (did you mean 'support'?)" in capsys.readouterr().err
+    assert main(["token", "create", "--server", "Triage!"]) == 2
+    assert "token create: --server: must be lowercase letters" in capsys.readouterr().err
+    assert main(["token", "create"]) == 2
+    assert "token create: --server NAME is required (or --api --name NAME" in capsys.readouterr().err
+
+
+def _bearer_config(tmp_path, auth: str):
+    config = tmp_path / "proxy.yaml"
+    config.write_text("upstream: {url: 'http://127.0.0.1:3000/mcp'}\npublic_url: https://mcp.example.com\n"
+                      f"auth: {{url_token_key: {'k' * 32}, {auth}}}\n"
+                      "servers: [{name: default, methods: [read]}]\n")
+    return config
+
+
+def test_token_create_require_api_token_auth_with_a_config_that_has_bearer_credentials(tmp_path, capsys):
+    import yaml
+
+    from proxy.config import load
+
+    for auth in ("jwt: {issuer: 'https://idp.example.com', jwks_url: 'https://idp.example.com/jwks'}",
+                 "api_tokens: [{name: ci, sha256: '" + "a" * 64 + "'}]"):
+        config = _bearer_config(tmp_path, auth)
+        assert main(["token", "create", "--server", "strict", "--methods", "read,merge", "--tags", "support",
+                     "--require-api-token-auth", "--config", str(config)]) == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        assert "https://mcp.example.com/" in out  # public_url from the config
+        entry = yaml.safe_load(out.split("in the config:\n", 1)[1])[0]
+        assert entry["require_api_token_auth"] is True and entry["methods"] == ["read", "merge"]
+        data = yaml.safe_load(config.read_text())
+        data["servers"].append(entry)
+        config.write_text(yaml.safe_dump(data))
+        loaded = load(config)  # the printed entry loads beside the others
+        assert [s.name for s in loaded.servers] == ["default", "strict"] and loaded.servers[1].require_api_token_auth
+        assert main(["config", "check", str(config)]) == 0
+        capsys.readouterr()
+
+
+def test_token_create_require_api_token_auth_without_bearer_credentials(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("URL_TOKEN_KEY", "k" * 32)
+    assert main(["token", "create", "--server", "strict", "--require-api-token-auth"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "mcp-policy-proxy: token create: --require-api-token-auth needs bearer credentials: "
+        "give --config FILE whose auth configures api_tokens or jwt")
+    config = tmp_path / "proxy.yaml"
+    config.write_text(f"upstream: {{url: 'http://127.0.0.1:3000/mcp'}}\nauth: {{url_token_key: {'k' * 32}}}\n")
+    assert main(["token", "create", "--server", "strict", "--require-api-token-auth", "--config", str(config)]) == 2
+    assert (f"--require-api-token-auth needs bearer credentials: {config} configures neither auth.api_tokens "
+            "nor auth.jwt") in capsys.readouterr().err
+
+
+def test_token_create_api_prints_the_token_once_and_an_entry_that_authenticates(capsys):
+    import asyncio
+    import hashlib
+
+    import yaml
+
+    from proxy.auth.authenticator import Authenticator
+    from proxy.config import parse
+
+    assert main(["token", "create", "--api", "--name", "ci-agent"]) == 0
+    out = capsys.readouterr().out
+    token = out.splitlines()[1].strip()
+    assert len(token) == 43 and out.count(token) == 1  # printed once, nowhere else
+    entry = yaml.safe_load(out.split("in the config:\n", 1)[1])
+    assert entry == [{"name": "ci-agent", "sha256": hashlib.sha256(token.encode()).hexdigest()}]
+    assert "Authorization: Bearer <the token>" in out
+    config = parse({"upstream": {"url": "http://h/mcp"}, "auth": {"api_tokens": entry}}, "x")
+    access = asyncio.run(Authenticator(config).authenticate(None, f"Bearer {token}"))
+    assert access.principal.subject == "ci-agent" and access.principal.via == ("api_token",)
+
+
+def test_token_create_api_usage_errors(capsys):
+    assert main(["token", "create", "--api"]) == 2
+    assert "token create: --api needs --name NAME" in capsys.readouterr().err
+    assert main(["token", "create", "--api", "--name", "ci", "--server", "triage"]) == 2
+    assert "token create: --server applies to URL tokens, not to --api" in capsys.readouterr().err
+    assert main(["token", "create", "--name", "ci"]) == 2
+    assert "token create: --name names an API token (give --api)" in capsys.readouterr().err

@@ -61,3 +61,44 @@ def test_unreadable_and_non_mapping_files(tmp_path):
         load(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load(write(tmp_path, "a: [1"))
+
+
+def test_servers_may_name_only_words_the_catalog_knows(tmp_path):
+    from proxy.config_words import UnknownWordError, check_config_words
+    from proxy.enforce.catalog import Catalog
+
+    catalog = Catalog({"tools": {"merge_things": {"method": "merge", "access": "custom", "tags": ["things"]}},
+                       "tag_rules": [{"word": "widget", "tags": ["widgets", "parts"]}]})
+    path = write(tmp_path, "upstream: {url: 'http://h/mcp'}\n"
+                           "servers: [{name: a, methods: [read, write, custom, list, get, create, update, delete, "
+                           "merge], tags: [things, widgets, parts]}]\n")
+    check_config_words(load(path), catalog)  # every access level, convention method and catalog word
+    check_config_words(load(None, {"upstream.url": "http://h/mcp"}), Catalog())  # the default server
+
+    for servers, key, message in [
+        ("[{name: a, methods: [reed]}]", "servers[0].methods[0]",
+         "unknown method 'reed' (did you mean 'read'?); known: read, write, custom, list, get, create, update, "
+         "delete, merge"),
+        ("[{name: a}, {name: b, token_hmac: '" + "0" * 64 + "', methods: [read, mrege]}]", "servers[1].methods[1]",
+         "unknown method 'mrege' (did you mean 'merge'?)"),
+        ("[{name: a, methods: [Read]}]", "servers[0].methods[0]", "unknown method 'Read' (did you mean 'read'?)"),
+        ("[{name: a, methods: [archive]}]", "servers[0].methods[0]", "unknown method 'archive'; known: read, "),
+        ("[{name: a, tags: [things, widget]}]", "servers[0].tags[1]",
+         "unknown tag 'widget' (did you mean 'widgets'?); known: parts, things, widgets"),
+    ]:
+        path = write(tmp_path, "upstream: {url: 'http://h/mcp', sse_url: 'http://h/sse'}\n"
+                               f"auth: {{url_token_key: {'k' * 32}}}\nservers: {servers}\n")
+        with pytest.raises(UnknownWordError) as err:
+            check_config_words(load(path), catalog)
+        assert isinstance(err.value, ConfigError) and err.value.key == key
+        assert str(err.value).startswith(f"{path}: {key}: {message}")
+
+
+def test_a_long_list_of_known_words_is_cut_short():
+    from proxy.config_words import unknown_word
+
+    known = tuple(f"tag{i:02}" for i in range(30))
+    message = unknown_word("tag", "tagg01", known)
+    assert message.startswith("unknown tag 'tagg01' (did you mean 'tag01'?); known: tag00, tag01, ")
+    assert message.endswith(", tag23, …") and "tag24" not in message
+    assert unknown_word("tag", "x", ()) == "unknown tag 'x'; known: (none)"

@@ -57,9 +57,17 @@ def test_client_credentials_and_hop_by_hop_headers_are_not_forwarded():
          ("x-foo", "1"), ("mcp-session-id", "abc"), ("mcp-param-region", "eu"), ("content-length", "3"),
          ("accept", "application/json, text/event-stream"), ("origin", "http://localhost")],
         {"authorization": "Bearer proxy-own"})
-    assert out == {"mcp-session-id": "abc", "mcp-param-region": "eu",
+    # Mcp-Param-* come back with the verdict, only when the called tool declares them and they agree.
+    assert out == {"mcp-session-id": "abc",
                    "accept": "application/json, text/event-stream", "accept-encoding": "identity",
                    "authorization": "Bearer proxy-own"}
+
+
+def test_only_checked_mcp_fields_are_forwarded():
+    sent = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "t"),
+            ("mcp-session-id", "s"), ("mcp-param-region", "eu"), ("mcp-tool-name", "other"), ("mcp-foo", "x")]
+    assert set(upstream_request_headers(sent, {})) == {"mcp-protocol-version", "mcp-method", "mcp-name",
+                                                       "mcp-session-id", "accept-encoding"}
 
 
 def test_response_headers_drop_hop_by_hop_and_keep_repeats():
@@ -73,3 +81,29 @@ def test_legacy_sse_does_not_require_modern_headers_but_checks_present_ones():
     check_routing_headers([], MODERN_CALL, streamable=False)
     with pytest.raises(ProtocolError):
         check_routing_headers([("mcp-name", "other")], MODERN_CALL, streamable=False)
+
+
+LOOK_ALIKES = ["mcp_method", "mcp_name", "mcp_session_id", "mcp_protocol_version", "mcp_param_x", "x_custom",
+               "Mcp_Method", "mcp-param_region", "_"]
+
+
+def test_underscore_names_are_dropped_so_cgi_cannot_map_them_onto_checked_headers():
+    canonical = [("mcp-method", "tools/call"), ("mcp-name", "echo"), ("mcp-session-id", "abc"),
+                 ("mcp-protocol-version", "2026-07-28")]
+    look_alikes = [(name, "delete_everything") for name in LOOK_ALIKES]
+    out = upstream_request_headers([*canonical[:2], *look_alikes, *canonical[2:], ("x-custom", "ok")], {})
+    assert out == {**dict(canonical), "x-custom": "ok", "accept-encoding": "identity"}
+
+
+def test_underscore_drop_keeps_connection_rules_and_the_proxys_own_headers():
+    out = upstream_request_headers(
+        [("connection", "keep-alive, x-hop"), ("x-hop", "1"), ("keep-alive", "5"), ("te", "trailers"),
+         ("connection", "x_other"), ("mcp_method", "x"), ("mcp-method", "tools/list"), ("accept", "*/*")],
+        {"x_proxy_own": "kept"})  # the operator's configured headers are the operator's choice
+    assert out == {"mcp-method": "tools/list", "accept": "*/*", "accept-encoding": "identity",
+                   "x_proxy_own": "kept"}
+
+
+def test_request_headers_from_any_iterable_keep_the_last_repetition():
+    out = upstream_request_headers(iter([("x-a", "1"), ("x-b", "2"), ("x-a", "3"), ("x_c", "4")]), {})
+    assert list(out.items()) == [("x-a", "3"), ("x-b", "2"), ("accept-encoding", "identity")]

@@ -28,7 +28,7 @@ def test_unparseable_bodies_are_parse_errors(body):
     b"[]", b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]', b'"x"', b'{"id":1,"method":"ping"}',
     b'{"jsonrpc":"1.0","id":1,"method":"ping"}', b'{"jsonrpc":"2.0","id":1,"method":7}',
     b'{"jsonrpc":"2.0","id":1.5,"method":"ping"}', b'{"jsonrpc":"2.0","id":true,"method":"ping"}',
-    b'{"jsonrpc":"2.0","id":1,"method":"ping","params":[1]}', b'{"jsonrpc":"2.0","id":1}',
+    b'{"jsonrpc":"2.0","id":1}',
     b'{"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"m"}}',
     b'{"jsonrpc":"2.0","id":1,"error":{"code":"x","message":"m"}}',
     b'{"jsonrpc":"2.0","id":1,"method":"ping","result":{}}',
@@ -46,7 +46,40 @@ def test_forwarded_bytes_are_the_canonical_reserialization():
     assert msg.encode() == expected.encode()
 
 
-def test_server_data_is_parsed_leniently_and_none_when_not_a_message():
+@pytest.mark.parametrize("body", [
+    b'{"jsonrpc":"2.0","id":1,"method":"ping","params":[1]}', b'{"jsonrpc":"2.0","id":1,"method":"x","params":null}',
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":"{}"}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":[]}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":1}}',
+])
+def test_params_and_arguments_must_be_objects(body):
+    with pytest.raises(ProtocolError) as err:
+        jsonrpc.parse_client_body(body)
+    assert err.value.code == jsonrpc.INVALID_PARAMS and err.value.id == 1
+
+
+def test_null_or_absent_arguments_are_no_arguments():
+    for params in (b'{"name":"t"}', b'{"name":"t","arguments":null}'):
+        assert jsonrpc.parse_client_body(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":%s}' % params)
+
+
+def test_server_messages_and_plain_json_documents():
     assert jsonrpc.parse_server_data('{"jsonrpc":"2.0","id":1,"result":{}}') is not None
-    assert jsonrpc.parse_server_data("nope") is None
-    assert jsonrpc.parse_server_data('{"x":1}') is None
+    assert jsonrpc.parse_server_data('{"x":1}') is None  # no message at all: an HTTP error document
+    assert jsonrpc.parse_server_data('{"error":"invalid_token","error_description":"expired"}') is None
+
+
+@pytest.mark.parametrize(("data", "salvaged"), [
+    ("nope", None),
+    ('\ufeff{"jsonrpc":"2.0","id":3,"result":{"tools":[]}}', 3),  # fetch().json() strips a BOM
+    ('[{"jsonrpc":"2.0","id":4,"result":{"tools":[]}}]', 4),  # the TypeScript SDK accepts arrays
+    ('{"jsonrpc":"2.0","id":5,"result":{"tools":[]},"error":null}', 5),
+    ('{"id":6,"result":{"tools":[]}}', 6),  # no "jsonrpc"
+    ('{"jsonrpc":"2.0","id":7,"result":{}} {"jsonrpc":"2.0","id":8,"result":{}}', None),
+    ('{"jsonrpc":"2.0","id":9,"result":{"x":"\\ud800"}}', None),  # a lone surrogate
+    ('7', None), ('"text"', None), ('{"jsonrpc":"2.0","id":null,"result":{}}', None),
+])
+def test_would_be_messages_that_are_not_valid_are_undecidable(data, salvaged):
+    with pytest.raises(jsonrpc.UndecidableAnswer) as err:
+        jsonrpc.parse_server_data(data)
+    assert err.value.id == salvaged
