@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from proxy.config import Server, load  # noqa: E402
 from proxy.enforce.enforcer import Enforcer  # noqa: E402
 from proxy.enforce.input import CLIENT_TO_SERVER, build_input, server_input  # noqa: E402
+from proxy.enforce.inventory import ToolInventory  # noqa: E402
 from proxy.enforce.pipeline import Channel  # noqa: E402
 from proxy.observe.decision_log import DecisionLog  # noqa: E402
 from proxy.policy.manager import build_policy_set  # noqa: E402
@@ -52,7 +53,9 @@ async def measure(count: int) -> dict:
     server = Server(name="support", methods=("read", "create"), tags=("conversations", "posts", "tasks"))
     config = load(None, {"upstream.url": "http://127.0.0.1:1/mcp"})
     policy = build_policy_set(config.policy)
-    enforcer = Enforcer(policy, (server,), DecisionLog("off"))
+    inventory = ToolInventory(None)  # what the upstream declares: the page's tools (listed once)
+    inventory.learn(page_of_60()["result"]["tools"])
+    enforcer = Enforcer(policy, (server,), DecisionLog("off"), inventory=inventory)
     channel = Channel("streamable_http", server, "POST", "2025-11-25")
     call = parse_client_body(json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
         "name": "create_a_missive_post", "arguments": {"conversation": "c-1", "text": "hello"}}}).encode())

@@ -55,7 +55,6 @@ class ToolDefinition:
     schema_error: str | None = None
     # Lowercase `mcp-param-*` header names the schema declares (x-mcp-header, revision 2026-07-28).
     param_headers: frozenset[str] = frozenset()
-    seen_at: float = 0.0
 
     def violations(self, arguments: dict[str, Any]) -> list[str]:
         """What is wrong with `arguments` for this tool, in sentences a model can act on; [] if nothing."""
@@ -100,22 +99,21 @@ def _expected(schema: Any, schema_path: list[Any]) -> str:
     return f" (expected: {' or '.join(types)})" if types and schema_path[-1] in ("anyOf", "oneOf", "type") else ""
 
 
-def define(tool: dict[str, Any], now: float) -> ToolDefinition:
+def define(tool: dict[str, Any]) -> ToolDefinition:
     """A definition from one entry of a tools/list result, its schema compiled."""
     name = tool["name"]
     annotations = tool.get("annotations") if isinstance(tool.get("annotations"), dict) else None
     schema = tool.get("inputSchema")
     if not isinstance(schema, dict):
-        return ToolDefinition(name, annotations, schema, None, "inputSchema is missing or not an object",
-                              seen_at=now)
+        return ToolDefinition(name, annotations, schema, None, "inputSchema is missing or not an object")
     try:
         validator = jsonschema_rs.validator_for(schema, **_VALIDATOR_OPTIONS)
     except (ValueError, jsonschema_rs.ReferencingError) as exc:
-        return ToolDefinition(name, annotations, schema, None, str(exc).split("\n", 1)[0], seen_at=now)
+        return ToolDefinition(name, annotations, schema, None, str(exc).split("\n", 1)[0])
     headers: frozenset[str] = frozenset()
     if find_invalid_x_mcp_header(schema) is None:
         headers = frozenset(PARAM_HEADER_PREFIX + token.lower() for token in x_mcp_header_map(schema).values())
-    return ToolDefinition(name, annotations, schema, validator, None, headers, now)
+    return ToolDefinition(name, annotations, schema, validator, None, headers)
 
 
 class ToolInventory:
@@ -131,6 +129,7 @@ class ToolInventory:
         self._fetch = fetch
         self._ttl_s, self._min_refetch_s, self._clock = ttl_s, min_refetch_s, clock
         self._tools: dict[str, ToolDefinition] = {}
+        self._seen: dict[str, float] = {}  # when each definition was last listed by the upstream
         self._stale_before = float("-inf")  # definitions seen before this instant are stale (list_changed)
         self._last_fetch = float("-inf")
         self._last_error: str | None = None  # why the last listing failed, if it did
@@ -145,27 +144,34 @@ class ToolInventory:
     def learn(self, tools: Iterable[dict[str, Any]]) -> None:
         """Definitions from a relayed tools/list page (entries already checked to have a string name)."""
         now = self._clock()
+        known, seen = self._tools, self._seen
         for tool in tools:
-            if tool["name"] not in self._tools and len(self._tools) >= MAX_TOOLS:
+            name = tool["name"]
+            if name not in known and len(known) >= MAX_TOOLS:
                 log.warning("upstream lists more than %d tools; later ones are not kept", MAX_TOOLS)
                 return
-            self._tools[tool["name"]] = self._renew(tool, now)
+            self._define(known, tool)
+            seen[name] = now
 
-    def _renew(self, tool: dict[str, Any], now: float) -> ToolDefinition:
-        """`tool` as a definition seen at `now`; its compiled schema reused when the schema is unchanged."""
-        known = self._tools.get(tool["name"])
-        if known is None or known.schema != tool.get("inputSchema"):
-            return define(tool, now)
+    def _define(self, into: dict[str, ToolDefinition], tool: dict[str, Any]) -> None:
+        """`tool` into `into`; compiled anew only when its schema or annotations changed."""
+        name = tool["name"]
+        current = self._tools.get(name)
         annotations = tool.get("annotations") if isinstance(tool.get("annotations"), dict) else None
-        return dataclasses.replace(known, annotations=annotations, seen_at=now)
+        if current is None or current.schema != tool.get("inputSchema"):
+            into[name] = define(tool)
+        elif current.annotations != annotations:
+            into[name] = dataclasses.replace(current, annotations=annotations)
+        else:
+            into[name] = current
 
     def invalidate(self) -> None:
         """The upstream announced notifications/tools/list_changed: every definition must be seen again."""
         self._stale_before = self._clock()
 
-    def _fresh(self, definition: ToolDefinition | None) -> bool:
-        return (definition is not None and definition.seen_at >= self._stale_before
-                and self._clock() - definition.seen_at < self._ttl_s)
+    def _fresh(self, name: str) -> bool:
+        seen = self._seen.get(name)
+        return seen is not None and seen >= self._stale_before and self._clock() - seen < self._ttl_s
 
     async def lookup(self, name: str) -> ToolDefinition | None:
         """The upstream's current definition of `name`, or None if it declares no such tool.
@@ -173,7 +179,7 @@ class ToolInventory:
         Raises InventoryUnavailable when the upstream must be listed and cannot be.
         """
         definition = self._tools.get(name)
-        if self._fresh(definition):
+        if definition is not None and self._fresh(name):
             return definition
         if definition is None and self._clock() - self._last_fetch < self._min_refetch_s:
             if self._last_error is not None:
@@ -181,7 +187,7 @@ class ToolInventory:
             return None  # listed a moment ago, and it was not there
         await self.refresh()
         definition = self._tools.get(name)
-        return definition if self._fresh(definition) else None
+        return definition if definition is not None and self._fresh(name) else None
 
     async def refresh(self) -> None:
         """List the upstream's tools anew (one listing at a time, shared by every caller waiting)."""
@@ -206,5 +212,8 @@ class ToolInventory:
         self._last_error = None
         now = self._clock()
         # A full listing replaces the whole inventory: tools the upstream no longer lists are gone.
-        self._tools = {tool["name"]: self._renew(tool, now) for tool in tools[:MAX_TOOLS]
-                       if isinstance(tool, dict) and isinstance(tool.get("name"), str)}
+        fetched: dict[str, ToolDefinition] = {}
+        for tool in tools[:MAX_TOOLS]:
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                self._define(fetched, tool)
+        self._tools, self._seen = fetched, dict.fromkeys(fetched, now)

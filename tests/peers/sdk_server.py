@@ -44,11 +44,12 @@ import json
 import os
 import time
 import zlib
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MODES = ("stateful-sse", "stateful-json", "stateless-json", "legacy-sse")
@@ -93,6 +94,11 @@ def build_server() -> MCPServer:
         """Pretend to create a Missive post; returns a fake post id."""
         digest = zlib.crc32(f"{conversation}|{text}".encode())
         return f"post-{digest:08x}"
+
+    @mcp.tool()
+    def regional_echo(region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})], text: str) -> str:
+        """Echo with a parameter mirrored in the Mcp-Param-Region header (revision 2026-07-28)."""
+        return f"{region}:{text}"
 
     # Read tools in the managed-MCP naming convention (list/get → read access), for policy tests.
     @mcp.tool()
