@@ -66,6 +66,11 @@ def tool_error(request_id: Any, reasons: tuple[str, ...], protocol_version: str 
     return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
 
+def _has_tools(result: dict[str, Any]) -> bool:
+    """A result carrying a tool list in any spelling a case-insensitive client would read."""
+    return "tools" in result or any(k.casefold() == "tools" for k in result)
+
+
 class Refusal(StrEnum):
     """Why the proxy itself refused a message (decision-log `result.refused_by_proxy`)."""
 
@@ -153,7 +158,9 @@ class Enforcer:
             method, name = msg.method, message_name(msg)
         call = await self._check_call(msg, name, headers) if method == "tools/call" and msg.kind is Kind.REQUEST \
             else None
-        extra = {} if call is None else {"tool": call.tool}
+        extra: dict[str, Any] = {}
+        if call is not None:
+            extra["tool"], name = call.tool, call.tool["name"]  # an over-long name is not copied whole
         input = build_input(channel, self._server(channel), self._time(), kind=msg.kind.value,
                             direction=CLIENT_TO_SERVER, method=method, name=name, **extra)
         if call is not None and call.refusal is not None:
@@ -174,11 +181,14 @@ class Enforcer:
     async def server_message(self, channel: Channel, msg: Message) -> Message | None:
         if msg.kind is Kind.RESPONSE:
             result = msg.data.get("result")
-            page = channel.watched.get(msg.id) == "tools/list" or (isinstance(result, dict) and "tools" in result)
+            page = channel.watched.get(msg.id) == "tools/list" or (isinstance(result, dict) and _has_tools(result))
             if not page or "error" in msg.data:
                 return None
             if not (isinstance(result, dict) and isinstance(result.get("tools"), list)):
                 return Message(jsonrpc.undecided(msg.id, "a tools/list result without a list of tools"), Kind.RESPONSE)
+            if twins := jsonrpc.case_twins(result):
+                return Message(jsonrpc.undecided(msg.id, f"result keys {twins[0]!r} and {twins[1]!r} differ only "
+                                                         "in case"), Kind.RESPONSE)
             return await self._filter_tools(channel, msg, result)
         if msg.kind is Kind.NOTIFICATION:
             if msg.method == "notifications/tools/list_changed":
@@ -251,7 +261,10 @@ class Enforcer:
     async def _filter_tools(self, channel: Channel, msg: Message, result: dict[str, Any]) -> Message:
         """One evaluation for the whole page; the page keeps only the visible tools. The page is always
         re-encoded from what was parsed, so the client sees exactly what was decided."""
-        tools = [t for t in result["tools"] if isinstance(t, dict) and isinstance(t.get("name"), str)]
+        # Entries without a string name, or with a case twin of a field ("Name"), are no tools a client
+        # may see: they are dropped.
+        tools = [t for t in result["tools"]
+                 if isinstance(t, dict) and isinstance(t.get("name"), str) and not jsonrpc.case_twins(t)]
         self.inventory.learn(tools)
         entries = []
         for tool in tools:

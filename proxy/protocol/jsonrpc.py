@@ -72,14 +72,40 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
         raise ValueError(f"duplicate key {dup!r}")
+    if len(pairs) > 1 and (twins := case_twins(obj)):
+        raise ValueError(f"keys {twins[0]!r} and {twins[1]!r} differ only in case")
     return obj
+
+
+def case_twins(obj: dict[str, Any]) -> tuple[str, str] | None:
+    """Two keys of `obj` that are one under Unicode case folding ("send", "Send", "\u017fend"), or None.
+
+    Decoders that match keys case-insensitively (Go's encoding/json, and so MCP servers and clients
+    built on it) would read such a twin where the proxy read the other key.
+    """
+    if len(obj) < 2:
+        return None
+    folded: dict[str, str] = {}
+    for key in obj:
+        twin = folded.setdefault(key.casefold(), key)
+        if twin is not key:
+            return twin, key
+    return None
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is beyond the range of a number")  # it would be re-encoded as null
+    return value
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_decoder = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+_decoder = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant,
+                            parse_float=_finite)
 
 
 def loads_strict(body: bytes) -> Any:
@@ -194,13 +220,14 @@ class UndecidableAnswer(Exception):
         self.id = id
 
 
-# Keys that make a JSON object a (would-be) JSON-RPC message rather than a plain HTTP error
-# document such as OAuth's {"error": "invalid_token"}.
-_MESSAGE_KEYS = ("jsonrpc", "id", "result", "method")
+# Keys (in any case) that make a JSON object a (would-be) JSON-RPC message rather than a plain
+# HTTP error document such as OAuth's {"error": "invalid_token"}.
+_MESSAGE_KEYS = frozenset({"jsonrpc", "id", "result", "method"})
 
 
 def _looks_like_message(obj: dict[str, Any]) -> bool:
-    return any(k in obj for k in _MESSAGE_KEYS) or isinstance(obj.get("error"), dict)
+    return (any(k in _MESSAGE_KEYS or k.casefold() in _MESSAGE_KEYS for k in obj)
+            or any(isinstance(v, dict) for k, v in obj.items() if k.casefold() == "error"))
 
 
 def parse_server_data(data: bytes | str) -> Message | None:
@@ -215,10 +242,12 @@ def parse_server_data(data: bytes | str) -> Message | None:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise UndecidableAnswer(f"not JSON ({exc})", _salvage_id(data)) from None
+        raise UndecidableAnswer(f"not JSON ({exc})", salvage_id(data)) from None
     if isinstance(obj, dict):
         if not _looks_like_message(obj):
             return None
+        if twins := case_twins(obj):
+            raise UndecidableAnswer(f"keys {twins[0]!r} and {twins[1]!r} differ only in case", _safe_id(obj.get("id")))
         try:
             return to_message(obj)
         except ProtocolError as exc:
@@ -232,7 +261,7 @@ def _first_id(items: list[Any]) -> Any:
     return next((_safe_id(x.get("id")) for x in items if isinstance(x, dict) and "id" in x), None)
 
 
-def _salvage_id(data: bytes | str) -> Any:
+def salvage_id(data: bytes | str) -> Any:
     """The id a lenient parser would find (BOM and whitespace stripped, first of an array)."""
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     try:

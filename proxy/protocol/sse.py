@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+_BOM = b"\xef\xbb\xbf"
 
 
 class SSEError(Exception):
@@ -25,6 +26,9 @@ class Event:
     id: str | None = None
     retry: str | None = None
     newline: bytes = b"\n"
+    # A line the codec does not take as SSE (an unknown field, bytes that are not UTF-8): the raw
+    # bytes of such an event are never relayed, only what was parsed (`known()`).
+    unknown: bool = False
 
     @property
     def data(self) -> str:
@@ -37,6 +41,16 @@ class Event:
     def with_data(self, data: str) -> Event:
         """The same event (type, id, retry) carrying other data, encoded in the stream's style."""
         return encode_event(data, event=self.event, id=self.id, retry=self.retry, newline=self.newline)
+
+    def known(self) -> Event:
+        """The event as parsed: its data, type, id and retry, without any line the codec did not take."""
+        if self.data_lines:
+            return self.with_data(self.data)
+        nl = self.newline.decode()
+        fields = (("event", self.event), ("id", self.id), ("retry", self.retry))
+        lines = [f"{k}: {v}" for k, v in fields if v is not None]
+        raw = (nl.join(lines) + nl + nl).encode() if lines else b""
+        return Event(raw, self.event, [], self.id, self.retry, self.newline)
 
 
 def encode_event(data: str, *, event: str | None = None, id: str | None = None, retry: str | None = None,
@@ -64,10 +78,17 @@ class SSEDecoder:
         self._lines: list[bytes] = []
         self._newline = b"\n"
         self._max = max_event_bytes
+        self._started = False  # past a leading byte order mark, which SSE parsers ignore
 
     def feed(self, chunk: bytes, final: bool = False) -> list[Event]:
         buf = self._buf
         buf += chunk
+        if not self._started:
+            if len(buf) < len(_BOM) and _BOM.startswith(bytes(buf)) and not final:
+                return []  # may be the start of a byte order mark
+            if buf.startswith(_BOM):
+                del buf[:len(_BOM)]
+            self._started = True
         events: list[Event] = []
         start = 0  # start of the event being collected, in buf
         pos = self._scan
@@ -106,6 +127,7 @@ class SSEDecoder:
         self._buf.clear()
         self._lines.clear()
         self._scan = 0
+        self._started = False
         return events
 
     def _build(self, raw: bytes) -> Event:
@@ -116,7 +138,10 @@ class SSEDecoder:
             name, sep, value = line.partition(b":")
             if sep and value[:1] == b" ":
                 value = value[1:]
-            text = value.decode("utf-8", "replace")
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                text, ev.unknown = value.decode("utf-8", "replace"), True
             if name == b"data":
                 ev.data_lines.append(text)
             elif name == b"event":
@@ -125,5 +150,7 @@ class SSEDecoder:
                 ev.id = text
             elif name == b"retry":
                 ev.retry = text
+            else:
+                ev.unknown = True  # "Data", "\ufeffdata", "data " …: a lenient client might read it
         self._lines.clear()
         return ev

@@ -1,9 +1,9 @@
 """Upstream → client: relay an upstream answer, streaming, through the pipeline's response hook.
 
-SSE streams are decoded event by event and each event is written as soon as it is complete:
-untouched events go out byte for byte, only a message the pipeline replaces is re-encoded. Every
-JSON answer and every message event passes one gate (`decide`): what cannot be parsed as a
-JSON-RPC message is never relayed undecided.
+SSE streams are decoded event by event and each event is written as soon as it is complete.
+Every JSON answer and every message event passes one gate (`decide`): the client gets the
+re-encoding of what was decided, and what cannot be parsed as a JSON-RPC message is never
+relayed undecided. Events without data (priming events, pings) go out byte for byte.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..enforce.pipeline import DROP, Channel, Pipeline
 from ..protocol import jsonrpc
 from ..protocol.headers import client_response_headers
 from ..protocol.jsonrpc import Kind
-from ..protocol.sse import Event, SSEDecoder, SSEError
+from ..protocol.sse import Event, SSEDecoder, SSEError, encode_event
 from .upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger("mcp_policy_proxy.relay")
@@ -112,16 +112,36 @@ async def relay(channel: Channel, pipeline: Pipeline, resp: UpstreamResponse, *,
         if replacement is DROP:
             return BodyResponse(202, [], b"")
         return BodyResponse(502 if undecided else resp.status, headers, jsonrpc.encode(replacement.data))
-    if channel.request_id is not None and 200 <= resp.status < 300 and resp.status not in (202, 204):
-        resp.close()  # a success answer to a request in a form the proxy cannot read: never relayed
+    length = next((v for n, v in resp.headers if n.lower() == "content-length"), None)
+    small = length is not None and length.isdigit() and int(length) <= _SMALL_BODY
+    if 200 <= resp.status < 300 and resp.status not in (202, 204):
+        # A success answer in a form no MCP client reads as messages — but a lenient one might (the
+        # TypeScript SDK reads a GET's body as SSE whatever its type): only an empty one is relayed.
+        body = await resp.read(_SMALL_BODY, timeout_s) if small else b"?"
+        if not small:
+            resp.close()
+        if not body.strip():
+            return BodyResponse(resp.status, headers, body)
         why = f"a {resp.status} answer with Content-Type {resp.content_type or '(none)'}"
         log.warning("refused an upstream answer: %s", why)
         body = jsonrpc.encode(jsonrpc.undecided(channel.request_id, why))
         return BodyResponse(502, [(b"content-type", b"application/json")], body)
-    length = next((v for n, v in resp.headers if n.lower() == "content-length"), None)
-    if length is not None and length.isdigit() and int(length) <= _SMALL_BODY:
-        return BodyResponse(resp.status, headers, await resp.read(_SMALL_BODY, timeout_s))
+    if small:
+        body = await resp.read(_SMALL_BODY, timeout_s)
+        if _json_like(body):  # an error page holding JSON still passes the gate
+            replacement, undecided = await decide(channel, pipeline, body.strip().lstrip(_BOM), answers_request=True)
+            if replacement is not None and replacement is not DROP:
+                return BodyResponse(502 if undecided else resp.status, [(b"content-type", b"application/json")],
+                                    jsonrpc.encode(replacement.data))
+        return BodyResponse(resp.status, headers, body)
     return StreamResponse(resp.status, headers, resp.chunks())
+
+
+_BOM = "\ufeff".encode()
+
+
+def _json_like(body: bytes) -> bool:
+    return body.strip().lstrip(_BOM)[:1] in (b"{", b"[")
 
 
 async def decide(channel: Channel, pipeline: Pipeline, data: bytes | str, *, answers_request: bool
@@ -129,28 +149,37 @@ async def decide(channel: Channel, pipeline: Pipeline, data: bytes | str, *, ans
     """The one gate of every server→client message, whatever carried it (a JSON answer, an SSE
     event of a POST, GET, resumed or legacy stream).
 
-    Returns (None, False) to relay the data as it is, (DROP, False) to relay nothing, or a message
-    to relay instead — with True when it replaces data that could not be decided on at all. Such
-    data is never relayed: the request it seems to answer gets a JSON-RPC error, or, when no
-    waiting request can be named, it is dropped. `answers_request`: the data is the whole answer
-    to the channel's request (a JSON body), not one event among others.
+    Returns the message to relay — what was decided, re-encoded from what was parsed, so no parser
+    of the client's can read the upstream's bytes differently (duplicate keys, escapes, numbers) —
+    and True when it replaces data that could not be decided on at all; (DROP, False) to relay
+    nothing; (None, False) for a JSON document that is no message (an HTTP error body), relayed
+    as it is. Undecidable data is never relayed: the request it seems to answer gets a JSON-RPC
+    error, or, when no waiting request can be named, it is dropped. `answers_request`: the data
+    is the whole answer to the channel's request (a JSON body), not one event among others.
     """
     try:
         msg = jsonrpc.parse_server_data(data)
     except jsonrpc.UndecidableAnswer as exc:
-        log.warning("refused an upstream message: %s", exc.reason)
-        target = exc.id if exc.id is not None and (exc.id in channel.watched or exc.id == channel.request_id) \
-            else channel.request_id if answers_request else None
-        if target is None and not answers_request:
-            return DROP, False
-        channel.watched.pop(target, None)
-        return jsonrpc.Message(jsonrpc.undecided(target, exc.reason), Kind.RESPONSE), True
+        return refuse(channel, exc, answers_request=answers_request), True
     if msg is None:  # a JSON document that is no message: an HTTP error body; never an SSE message
         return (None if answers_request else DROP), False
     replacement = await pipeline.server_message(channel, msg)
     if msg.kind is Kind.RESPONSE and channel.watched:
         channel.watched.pop(msg.id, None)
-    return replacement, False
+    return (msg if replacement is None else replacement), False
+
+
+def refuse(channel: Channel, exc: jsonrpc.UndecidableAnswer, *, answers_request: bool) -> jsonrpc.Message:
+    """What replaces data that could not be decided on: a JSON-RPC error for the request it seems
+    to answer, if that request waits on this channel (or the data is the whole answer to the
+    channel's request); else DROP."""
+    log.warning("refused an upstream message: %s", exc.reason)
+    target = exc.id if exc.id is not None and (exc.id in channel.watched or exc.id == channel.request_id) \
+        else channel.request_id if answers_request else None
+    if target is None and not answers_request:
+        return DROP
+    channel.watched.pop(target, None)
+    return jsonrpc.Message(jsonrpc.undecided(target, exc.reason), Kind.RESPONSE)
 
 
 async def relay_sse(channel: Channel, pipeline: Pipeline, chunks: AsyncIterator[bytes], max_event_bytes: int,
@@ -178,14 +207,19 @@ async def relay_sse(channel: Channel, pipeline: Pipeline, chunks: AsyncIterator[
 async def relay_event(channel: Channel, pipeline: Pipeline, ev: Event, on_event: EventHook | None) -> bytes:
     if on_event is not None and (handled := await on_event(ev)) is not None:
         return handled
+    if ev.unknown:
+        ev = ev.known()  # lines the codec did not take are never relayed
     if not ev.data:
         return ev.raw  # priming events, pings, comments, id/retry-only events: nothing a client reads
     if ev.event not in (None, "message"):
-        log.warning("dropped an upstream SSE event of type %r", ev.event[:64])
-        return b""  # MCP sends messages only: nothing the pipeline did not see reaches the client
-    replacement, _ = await decide(channel, pipeline, ev.data, answers_request=False)
-    if replacement is None:
-        return ev.raw
-    if replacement is DROP:
+        # MCP sends messages only. Nothing the pipeline did not see reaches the client; a request
+        # waiting for what this seems to answer is told so.
+        exc = jsonrpc.UndecidableAnswer(f"an SSE event of type {ev.event[:64]!r}", jsonrpc.salvage_id(ev.data))
+        replacement: jsonrpc.Message | None = refuse(channel, exc, answers_request=False)
+    else:
+        replacement, _ = await decide(channel, pipeline, ev.data, answers_request=False)
+    if replacement is None or replacement is DROP:
         return b""
-    return ev.with_data(jsonrpc.encode(replacement.data).decode()).raw
+    data = jsonrpc.encode(replacement.data).decode()
+    event = None if ev.event is None else "message"  # a message event, whatever type carried it
+    return encode_event(data, event=event, id=ev.id, retry=ev.retry, newline=ev.newline).raw

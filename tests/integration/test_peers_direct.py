@@ -74,7 +74,7 @@ pytestmark = pytest.mark.asyncio
 
 UpstreamFactory = Callable[[str], Upstream]
 TOOLS = {"echo", "add", "slow_progress", "sleep", "create_a_missive_post", "list_all_missive_conversations",
-         "get_single_missive_conversation_by_id"}
+         "get_single_missive_conversation_by_id", "regional_echo"}
 MODERN = "2026-07-28"
 ACCEPT = "application/json, text/event-stream"
 INIT = {
