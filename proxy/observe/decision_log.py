@@ -53,7 +53,12 @@ class DecisionLog:
             "metrics": {"timer_eval_ns": eval_ns},
             "labels": {"app": "mcp-policy-proxy", "version": __version__, **labels},
         }
-        self._buffer.append(orjson.dumps(entry) + b"\n")
+        try:
+            line = orjson.dumps(entry)
+        except (TypeError, orjson.JSONEncodeError) as exc:  # still one entry per decision, never a lost one
+            entry["input"] = {"unencodable": f"{type(exc).__name__}: {exc}", "message": input.get("message")}
+            line = orjson.dumps(entry, default=repr)
+        self._buffer.append(line + b"\n")
         if self._timer is None:
             try:
                 self._timer = asyncio.get_running_loop().call_later(self._flush_s, self.flush)

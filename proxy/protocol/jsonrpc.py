@@ -22,6 +22,10 @@ INTERNAL_ERROR = -32603
 FORBIDDEN = -32001
 HEADER_MISMATCH = -32020
 
+# How deeply a client message may nest (objects and arrays): far beyond any tool's arguments, and
+# well within what the policy engine, the schema validator and the decision log can take.
+MAX_DEPTH = 64
+
 
 class Kind(StrEnum):
     REQUEST = "request"
@@ -83,7 +87,7 @@ def case_twins(obj: dict[str, Any]) -> tuple[str, str] | None:
     Decoders that match keys case-insensitively (Go's encoding/json, and so MCP servers and clients
     built on it) would read such a twin where the proxy read the other key.
     """
-    if len(obj) < 2:
+    if len(obj) < 2 or len({key.casefold() for key in obj}) == len(obj):
         return None
     folded: dict[str, str] = {}
     for key in obj:
@@ -201,10 +205,24 @@ def parse_client_body(body: bytes) -> Message:
         if arguments is not None and not isinstance(arguments, dict):
             # What the policy would decide on ({}) is not what the upstream would be sent.
             raise ProtocolError(INVALID_PARAMS, 'Invalid params: "arguments" must be an object', id=_safe_id(msg.id))
+    if _deeper_than(obj, MAX_DEPTH):
+        raise ProtocolError(PARSE_ERROR, f"Parse error: nested more than {MAX_DEPTH} levels deep")
     # Encoded now, before any decision: what cannot be re-encoded (lone surrogates, integers beyond
-    # 64 bits, nesting orjson refuses) is refused up front, and what is decided is what is sent.
+    # 64 bits) is refused up front, and what is decided is what is sent.
     msg.canonical = encode(obj)
     return msg
+
+
+def _deeper_than(node: dict[str, Any] | list[Any], budget: int) -> bool:
+    """Whether containers nest more than `budget` levels below and including `node` (recursion is
+    bounded: the JSON decoder already refused what Python's stack cannot hold)."""
+    budget -= 1
+    if budget < 0:
+        return True
+    for child in node.values() if isinstance(node, dict) else node:
+        if (child.__class__ is dict or child.__class__ is list) and _deeper_than(child, budget):
+            return True
+    return False
 
 
 class UndecidableAnswer(Exception):

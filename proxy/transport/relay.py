@@ -102,42 +102,32 @@ async def relay(channel: Channel, pipeline: Pipeline, resp: UpstreamResponse, *,
     if media.startswith("text/event-stream"):
         events = relay_sse(channel, pipeline, resp.chunks(), max_event_bytes, on_event)
         return StreamResponse(resp.status, headers, events)
-    if "json" in media:  # application/json and any +json type: one message, decided whole
-        body = await resp.read(max_event_bytes, timeout_s)
-        if not body.strip():  # an empty body (a DELETE's 200, a 202) carries nothing to decide
-            return BodyResponse(resp.status, headers, body)
-        replacement, undecided = await decide(channel, pipeline, body, answers_request=True)
-        if replacement is None:
-            return BodyResponse(resp.status, headers, body)
-        if replacement is DROP:
-            return BodyResponse(202, [], b"")
-        return BodyResponse(502 if undecided else resp.status, headers, jsonrpc.encode(replacement.data))
-    length = next((v for n, v in resp.headers if n.lower() == "content-length"), None)
-    small = length is not None and length.isdigit() and int(length) <= _SMALL_BODY
-    if 200 <= resp.status < 300 and resp.status not in (202, 204):
-        # A success answer in a form no MCP client reads as messages — but a lenient one might (the
-        # TypeScript SDK reads a GET's body as SSE whatever its type): only an empty one is relayed.
-        body = await resp.read(_SMALL_BODY, timeout_s) if small else b"?"
-        if not small:
-            resp.close()
-        if not body.strip():
-            return BodyResponse(resp.status, headers, body)
-        why = f"a {resp.status} answer with Content-Type {resp.content_type or '(none)'}"
-        log.warning("refused an upstream answer: %s", why)
-        body = jsonrpc.encode(jsonrpc.undecided(channel.request_id, why))
-        return BodyResponse(502, [(b"content-type", b"application/json")], body)
-    if small:
-        body = await resp.read(_SMALL_BODY, timeout_s)
-        if _json_like(body):  # an error page holding JSON still passes the gate
-            replacement, undecided = await decide(channel, pipeline, body.strip().lstrip(_BOM), answers_request=True)
-            if replacement is not None and replacement is not DROP:
-                return BodyResponse(502 if undecided else resp.status, [(b"content-type", b"application/json")],
-                                    jsonrpc.encode(replacement.data))
+    # Any other answer is one body, read whole (bounded): whatever a client might read as a message
+    # passes the gate first.
+    json_type = "json" in media  # application/json and any +json type
+    body = await resp.read(max_event_bytes if json_type else _SMALL_BODY, timeout_s)
+    if not body.strip():  # an empty body (a 202, a DELETE's 200) carries nothing to decide
         return BodyResponse(resp.status, headers, body)
-    return StreamResponse(resp.status, headers, resp.chunks())
+    success = 200 <= resp.status < 300 and resp.status not in (202, 204)
+    if not json_type and success:
+        # A success answer in a form no MCP client should read as messages, but a lenient one does
+        # (the TypeScript SDK reads a GET's body as SSE whatever its type): refused.
+        why = f"a {resp.status} answer with Content-Type {resp.content_type or '(none)'}"
+        refusal, _ = _refused(channel, jsonrpc.UndecidableAnswer(why), answers_request=True)
+        return BodyResponse(502, [_JSON], refusal)
+    if not json_type and not _json_like(body):
+        return BodyResponse(resp.status, headers, body)  # an error page of text: free text is not inspected
+    payload, undecided = await decide(channel, pipeline, body.strip().lstrip(_BOM) if not json_type else body,
+                                      answers_request=True)
+    if payload is None:  # a JSON document that is no message (an OAuth error body): as it is
+        return BodyResponse(resp.status, headers, body)
+    if not payload:
+        return BodyResponse(202, [], b"")
+    return BodyResponse(502 if undecided else resp.status, headers if json_type else [_JSON], payload)
 
 
 _BOM = "\ufeff".encode()
+_JSON = (b"content-type", b"application/json")
 
 
 def _json_like(body: bytes) -> bool:
@@ -145,41 +135,47 @@ def _json_like(body: bytes) -> bool:
 
 
 async def decide(channel: Channel, pipeline: Pipeline, data: bytes | str, *, answers_request: bool
-                 ) -> tuple[jsonrpc.Message | None, bool]:
+                 ) -> tuple[bytes | None, bool]:
     """The one gate of every server→client message, whatever carried it (a JSON answer, an SSE
     event of a POST, GET, resumed or legacy stream).
 
-    Returns the message to relay — what was decided, re-encoded from what was parsed, so no parser
+    Returns the bytes to relay — what was decided, re-encoded from what was parsed, so no parser
     of the client's can read the upstream's bytes differently (duplicate keys, escapes, numbers) —
-    and True when it replaces data that could not be decided on at all; (DROP, False) to relay
-    nothing; (None, False) for a JSON document that is no message (an HTTP error body), relayed
-    as it is. Undecidable data is never relayed: the request it seems to answer gets a JSON-RPC
+    and True when they replace data that could not be decided on at all; b"" to relay nothing;
+    None for a JSON document that is no message (an HTTP error body), relayed as it is on a JSON
+    answer. Undecidable data is never relayed: the request it seems to answer gets a JSON-RPC
     error, or, when no waiting request can be named, it is dropped. `answers_request`: the data
     is the whole answer to the channel's request (a JSON body), not one event among others.
     """
     try:
         msg = jsonrpc.parse_server_data(data)
     except jsonrpc.UndecidableAnswer as exc:
-        return refuse(channel, exc, answers_request=answers_request), True
+        return _refused(channel, exc, answers_request=answers_request)
     if msg is None:  # a JSON document that is no message: an HTTP error body; never an SSE message
-        return (None if answers_request else DROP), False
+        return (None if answers_request else b""), False
     replacement = await pipeline.server_message(channel, msg)
     if msg.kind is Kind.RESPONSE and channel.watched:
         channel.watched.pop(msg.id, None)
-    return (msg if replacement is None else replacement), False
+    decided = msg if replacement is None else replacement
+    if decided is DROP:
+        return b"", False
+    try:
+        return jsonrpc.encode(decided.data), False
+    except jsonrpc.ProtocolError:  # parsed, but has no encoding (orjson nests less deeply than it parses)
+        return _refused(channel, jsonrpc.UndecidableAnswer("it cannot be re-encoded", msg.id), answers_request)
 
 
-def refuse(channel: Channel, exc: jsonrpc.UndecidableAnswer, *, answers_request: bool) -> jsonrpc.Message:
+def _refused(channel: Channel, exc: jsonrpc.UndecidableAnswer, answers_request: bool) -> tuple[bytes, bool]:
     """What replaces data that could not be decided on: a JSON-RPC error for the request it seems
     to answer, if that request waits on this channel (or the data is the whole answer to the
-    channel's request); else DROP."""
+    channel's request); else nothing (b"")."""
     log.warning("refused an upstream message: %s", exc.reason)
     target = exc.id if exc.id is not None and (exc.id in channel.watched or exc.id == channel.request_id) \
         else channel.request_id if answers_request else None
     if target is None and not answers_request:
-        return DROP
+        return b"", True
     channel.watched.pop(target, None)
-    return jsonrpc.Message(jsonrpc.undecided(target, exc.reason), Kind.RESPONSE)
+    return jsonrpc.encode(jsonrpc.undecided(target, exc.reason)), True
 
 
 async def relay_sse(channel: Channel, pipeline: Pipeline, chunks: AsyncIterator[bytes], max_event_bytes: int,
@@ -215,11 +211,10 @@ async def relay_event(channel: Channel, pipeline: Pipeline, ev: Event, on_event:
         # MCP sends messages only. Nothing the pipeline did not see reaches the client; a request
         # waiting for what this seems to answer is told so.
         exc = jsonrpc.UndecidableAnswer(f"an SSE event of type {ev.event[:64]!r}", jsonrpc.salvage_id(ev.data))
-        replacement: jsonrpc.Message | None = refuse(channel, exc, answers_request=False)
+        payload: bytes | None = _refused(channel, exc, answers_request=False)[0]
     else:
-        replacement, _ = await decide(channel, pipeline, ev.data, answers_request=False)
-    if replacement is None or replacement is DROP:
+        payload, _ = await decide(channel, pipeline, ev.data, answers_request=False)
+    if not payload:
         return b""
-    data = jsonrpc.encode(replacement.data).decode()
     event = None if ev.event is None else "message"  # a message event, whatever type carried it
-    return encode_event(data, event=event, id=ev.id, retry=ev.retry, newline=ev.newline).raw
+    return encode_event(payload.decode(), event=event, id=ev.id, retry=ev.retry, newline=ev.newline).raw
