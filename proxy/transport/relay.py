@@ -108,8 +108,11 @@ async def relay(channel: Channel, pipeline: Pipeline, resp: UpstreamResponse, *,
     body = await resp.read(max_event_bytes if json_type else _SMALL_BODY, timeout_s)
     if not body.strip():  # an empty body (a 202, a DELETE's 200) carries nothing to decide
         return BodyResponse(resp.status, headers, body)
-    success = 200 <= resp.status < 300 and resp.status not in (202, 204)
-    if not json_type and success:
+    # Bodies a client reads messages from: Streamable HTTP's answers to POST and GET. (Messages
+    # never travel in a DELETE's answer, nor in a legacy POST's: those arrive on the SSE stream.)
+    reads_messages = (channel.transport == "streamable_http" and channel.http_method != "DELETE"
+                      and 200 <= resp.status < 300 and resp.status not in (202, 204))
+    if not json_type and reads_messages:
         # A success answer in a form no MCP client should read as messages, but a lenient one does
         # (the TypeScript SDK reads a GET's body as SSE whatever its type): refused.
         why = f"a {resp.status} answer with Content-Type {resp.content_type or '(none)'}"
