@@ -23,6 +23,7 @@ from ..observe.decision_log import DecisionLog
 from ..observe.metrics import Metrics
 from ..policy.engine import PolicyEngine, PolicyError, to_decision
 from ..protocol import jsonrpc
+from ..protocol.headers import META_PROTOCOL_VERSION
 from ..protocol.jsonrpc import Kind, Message
 from .catalog import Catalog
 from .input import CLIENT_TO_SERVER, SERVER_TO_CLIENT, build_input, message_name, rfc3339, server_input
@@ -105,21 +106,11 @@ class _Call:
     """A tools/call after the proxy's own checks: the policy's `tool` input, and what went wrong."""
 
     tool: dict[str, Any]
-    refusal: Ruling | None = None  # refused before the policy runs
-    violations: tuple[str, ...] = ()  # refused after it (the policy still says whether the tool is visible)
+    refusal: Ruling | None = None  # refused before the policy runs (nothing to reveal)
+    # Refused after it (its headers or arguments are wrong), once the policy said whether the tool is
+    # visible at all: a hidden tool is unknown, whatever is wrong with the call.
+    faults: tuple[Refusal, tuple[str, ...]] | None = None
     forward_headers: tuple[tuple[str, str], ...] = ()
-
-
-class _Pairs:
-    """Raw header pairs with the `.items()` the SDK's Mcp-Param check reads (duplicates kept)."""
-
-    __slots__ = ("pairs",)
-
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        self.pairs = pairs
-
-    def items(self) -> list[tuple[str, str]]:
-        return self.pairs
 
 
 class Enforcer:
@@ -167,15 +158,15 @@ class Enforcer:
             ruling = call.refusal
         else:
             ruling = await self._evaluate(input)
-            if call is not None and call.violations and ruling.refusal is None:
+            if call is not None and call.faults is not None and ruling.refusal is None:
+                refusal, reasons = call.faults
                 ruling = dataclasses.replace(
-                    ruling, allow=False, reasons=call.violations, refusal=Refusal.INVALID_ARGUMENTS,
-                    result={**ruling.result, "allow": False, "reasons": list(call.violations),
-                            "refused_by_proxy": Refusal.INVALID_ARGUMENTS.value})
+                    ruling, allow=False, reasons=reasons, refusal=refusal,
+                    result={**ruling.result, "allow": False, "reasons": list(reasons),
+                            "refused_by_proxy": refusal.value})
         decision_id = self._record(input, ruling)
         if ruling.allow or self.dry_run:
-            return Verdict(True, watch_response=method == "tools/list",
-                           headers=call.forward_headers if call is not None else ())
+            return Verdict(True, headers=call.forward_headers if call is not None else ())
         return self._refusal_verdict(channel, msg, method, name, ruling, decision_id)
 
     async def server_message(self, channel: Channel, msg: Message) -> Message | None:
@@ -189,7 +180,9 @@ class Enforcer:
             if twins := jsonrpc.case_twins(result):
                 return Message(jsonrpc.undecided(msg.id, f"result keys {twins[0]!r} and {twins[1]!r} differ only "
                                                          "in case"), Kind.RESPONSE)
-            return await self._filter_tools(channel, msg, result)
+            # Only an answer to a tools/list request declares tools; a page elsewhere (a GET stream,
+            # another request's answer) is filtered but teaches the inventory nothing.
+            return await self._filter_tools(channel, msg, result, declares=channel.watched.get(msg.id) == "tools/list")
         if msg.kind is Kind.NOTIFICATION:
             if msg.method == "notifications/tools/list_changed":
                 self.inventory.invalidate()
@@ -202,7 +195,7 @@ class Enforcer:
             log.info("dropped server→client request %s", msg.method)
             return DROP
         if msg.id is not None:
-            channel.server_requests[msg.id] = msg.method or ""
+            channel.remember(channel.server_requests, msg.id, msg.method or "")
         return None
 
     # --- the proxy's own checks of a tools/call ---
@@ -224,13 +217,20 @@ class Enforcer:
                          Ruling.refused(Refusal.UNKNOWN_TOOL, f"the upstream declares no tool {name}"))
         tool = {**self.policy.catalog.classify(name, definition.annotations).to_input(definition.annotations),
                 "arguments": arguments}
-        pairs = [(n, v) for n, v in headers if n.startswith(PARAM_HEADER_PREFIX)]
-        if pairs or definition.param_headers:
-            mismatch = definition.param_header_mismatch(_Pairs(pairs), arguments)  # type: ignore[arg-type]
-            if mismatch is not None:
-                return _Call(tool, Ruling.refused(Refusal.HEADER_MISMATCH, f"Header mismatch: {mismatch}"))
-        return _Call(tool, violations=tuple(definition.violations(arguments)),
-                     forward_headers=tuple((n, v) for n, v in pairs if n in definition.param_headers))
+        # Mcp-Param-* exist from revision 2026-07-28 on (params._meta names it): there they must mirror
+        # the arguments, as the SDK's servers check; an older request's are never forwarded at all.
+        forwarded: tuple[tuple[str, str], ...] = ()
+        meta = msg.params.get("_meta")
+        if isinstance(meta, dict) and META_PROTOCOL_VERSION in meta:
+            pairs = [(n, v) for n, v in headers if n.startswith(PARAM_HEADER_PREFIX)]
+            if pairs or definition.param_headers:
+                mismatch = definition.param_header_mismatch(pairs, arguments)
+                if mismatch is not None:
+                    return _Call(tool, faults=(Refusal.HEADER_MISMATCH, (f"Header mismatch: {mismatch}",)))
+            forwarded = tuple((n, v) for n, v in pairs if n in definition.param_headers)
+        violations = definition.violations(arguments)
+        return _Call(tool, faults=(Refusal.INVALID_ARGUMENTS, tuple(violations)) if violations else None,
+                     forward_headers=forwarded)
 
     # --- outcome → answer: the one mapping, for every transport ---
     def _refusal_verdict(self, channel: Channel, msg: Message, method: str | None, name: str | None,
@@ -243,13 +243,13 @@ class Enforcer:
         refusal, reason = ruling.refusal, "; ".join(ruling.reasons)
         if refusal is Refusal.INVENTORY_UNAVAILABLE:
             return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.INTERNAL_ERROR, reason), status=502)
-        if refusal is Refusal.HEADER_MISMATCH:
-            return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.HEADER_MISMATCH, reason), status=400)
         if refusal is Refusal.INVALID_NAME:
             return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.INVALID_PARAMS, f"Invalid params: {reason}"))
         if method == "tools/call" and ruling.scope is None:
             if refusal is Refusal.UNKNOWN_TOOL or name not in ruling.visible_tools:
                 return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.INVALID_PARAMS, f"Unknown tool: {name}"))
+            if refusal is Refusal.HEADER_MISMATCH:
+                return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.HEADER_MISMATCH, reason), status=400)
             return Verdict(False, tool_error(msg.id, ruling.reasons, channel.protocol_version))
         data = {"reasons": list(ruling.reasons), "decision_id": decision_id}
         forbidden = jsonrpc.error_response(msg.id, jsonrpc.FORBIDDEN, "Forbidden by policy", data)
@@ -258,14 +258,16 @@ class Enforcer:
         return Verdict(False, forbidden)
 
     # --- helpers ---
-    async def _filter_tools(self, channel: Channel, msg: Message, result: dict[str, Any]) -> Message:
+    async def _filter_tools(self, channel: Channel, msg: Message, result: dict[str, Any], *, declares: bool
+                            ) -> Message:
         """One evaluation for the whole page; the page keeps only the visible tools. The page is always
         re-encoded from what was parsed, so the client sees exactly what was decided."""
         # Entries without a string name, or with a case twin of a field ("Name"), are no tools a client
         # may see: they are dropped.
         tools = [t for t in result["tools"]
                  if isinstance(t, dict) and isinstance(t.get("name"), str) and not jsonrpc.case_twins(t)]
-        self.inventory.learn(tools)
+        if declares:
+            self.inventory.learn(tools)
         entries = []
         for tool in tools:
             annotations = tool.get("annotations") if isinstance(tool.get("annotations"), dict) else None

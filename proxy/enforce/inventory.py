@@ -77,10 +77,23 @@ class ToolDefinition:
                 break
         return found
 
-    def param_header_mismatch(self, headers: dict[str, str], arguments: dict[str, Any]) -> str | None:
-        """Why the request's `Mcp-Param-*` headers disagree with the arguments they mirror, or None."""
-        rejection = validate_mcp_param_headers(self.schema, arguments, headers)
+    def param_header_mismatch(self, headers: list[tuple[str, str]], arguments: dict[str, Any]) -> str | None:
+        """Why the request's `Mcp-Param-*` headers (raw pairs: a repeated one counts) disagree with
+        the arguments they mirror, or None. The SDK's own check, as its servers run it."""
+        rejection = validate_mcp_param_headers(self.schema, arguments, _Pairs(headers))  # type: ignore[arg-type]
         return None if rejection is None else rejection.message
+
+
+class _Pairs:
+    """Raw header pairs with the `.items()` the SDK's check reads (it folds a mapping's items itself)."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+
+    def items(self) -> list[tuple[str, str]]:
+        return self.pairs
 
 
 def _expected(schema: Any, schema_path: list[Any]) -> str:
@@ -138,9 +151,6 @@ class ToolInventory:
     def __contains__(self, name: str) -> bool:
         return name in self._tools
 
-    def get(self, name: str) -> ToolDefinition | None:
-        return self._tools.get(name)
-
     def learn(self, tools: Iterable[dict[str, Any]]) -> None:
         """Definitions from a relayed tools/list page (entries already checked to have a string name)."""
         now = self._clock()
@@ -181,39 +191,45 @@ class ToolInventory:
         definition = self._tools.get(name)
         if definition is not None and self._fresh(name):
             return definition
-        if definition is None and self._clock() - self._last_fetch < self._min_refetch_s:
+        if self._fetching is None and self._clock() - self._last_fetch < self._min_refetch_s:
+            # Listed a moment ago: at most one listing per min_refetch_s, whatever clients call.
             if self._last_error is not None:
-                raise InventoryUnavailable(self._last_error)  # tried a moment ago, in vain
-            return None  # listed a moment ago, and it was not there
+                raise InventoryUnavailable(self._last_error)  # and in vain
+            if definition is None:
+                return None  # it was not there
         await self.refresh()
         definition = self._tools.get(name)
         return definition if definition is not None and self._fresh(name) else None
 
     async def refresh(self) -> None:
-        """List the upstream's tools anew (one listing at a time, shared by every caller waiting)."""
+        """List the upstream's tools anew (one listing at a time, shared by every caller waiting;
+        a caller that goes away does not cancel it for the others)."""
         if self._fetching is None:
             self._fetching = asyncio.ensure_future(self._refresh())
-        fetching = self._fetching
-        try:
-            await asyncio.shield(fetching)
-        finally:
-            if fetching.done() and self._fetching is fetching:
-                self._fetching = None
+            self._fetching.add_done_callback(self._listed)
+        await asyncio.shield(self._fetching)
+
+    def _listed(self, listing: asyncio.Future[None]) -> None:
+        if self._fetching is listing:
+            self._fetching = None
+        if not listing.cancelled():
+            listing.exception()  # retrieved here too, in case every waiter went away
 
     async def _refresh(self) -> None:
         if self._fetch is None:
             raise InventoryUnavailable("the proxy has no way to list the upstream's tools")
-        self._last_fetch = self._clock()
+        # Stamped with when the listing began: a list_changed that arrives meanwhile may postdate
+        # what the upstream listed, so it still makes these definitions stale.
+        started = self._last_fetch = self._clock()
         try:
             tools = await self._fetch()
         except Exception as exc:  # whatever the upstream did, the call cannot be checked: refused
             self._last_error = str(exc) or type(exc).__name__
             raise InventoryUnavailable(self._last_error) from None
         self._last_error = None
-        now = self._clock()
         # A full listing replaces the whole inventory: tools the upstream no longer lists are gone.
         fetched: dict[str, ToolDefinition] = {}
         for tool in tools[:MAX_TOOLS]:
             if isinstance(tool, dict) and isinstance(tool.get("name"), str):
                 self._define(fetched, tool)
-        self._tools, self._seen = fetched, dict.fromkeys(fetched, now)
+        self._tools, self._seen = fetched, dict.fromkeys(fetched, started)

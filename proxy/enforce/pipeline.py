@@ -15,6 +15,8 @@ from ..auth.principal import ANONYMOUS, Principal
 from ..config import Server
 from ..protocol.jsonrpc import Kind, Message
 
+MAX_PENDING = 1024  # unanswered requests remembered per channel
+
 
 @dataclass(slots=True)
 class Channel:
@@ -32,10 +34,19 @@ class Channel:
     principal: Principal = ANONYMOUS
     # The JSON-RPC id of the request this channel's answer belongs to (a Streamable HTTP POST).
     request_id: Any = None
-    # JSON-RPC ids of requests whose responses the pipeline wants to see, with their method.
+    # Client requests forwarded on this channel and not answered yet, by JSON-RPC id, with their
+    # method: their answers are named (a tools/list answer is a page to filter), and one the
+    # proxy cannot relay is answered with an error instead of left waiting.
     watched: dict[Any, str] = field(default_factory=dict)
     # Server→client requests relayed on this channel, so the client's answers can be named.
     server_requests: dict[Any, str] = field(default_factory=dict)
+
+    def remember(self, table: dict[Any, str], id: Any, method: str) -> None:
+        """Note a request in `table` (watched or server_requests), bounded: on a long-lived stream
+        whose answers travel elsewhere, the oldest are forgotten."""
+        if len(table) >= MAX_PENDING:
+            del table[next(iter(table))]
+        table[id] = method
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +54,6 @@ class Verdict:
     allow: bool
     # What the client gets instead of an upstream answer when the message is not forwarded.
     reply: dict[str, Any] | None = None
-    # Whether the upstream's response to this request must pass through `server_message`.
-    watch_response: bool = False
     # The HTTP status of a reply on a request/response transport (503: the policy engine failed).
     status: int = 200
     # A scope the decision says the client lacks: answered 403 with an insufficient_scope challenge.
@@ -65,7 +74,7 @@ class Pipeline(Protocol):
         ...
 
     async def server_message(self, channel: Channel, msg: Message) -> Message | None:
-        """A server→client message on its way out: a replacement, DROP, or None to relay it untouched."""
+        """A server→client message on its way out: a replacement, DROP, or None to relay it as parsed."""
         ...
 
 

@@ -74,13 +74,14 @@ def client_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[b
     return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in items if n not in drop]
 
 
-def decode_header_value(value: str) -> str:
-    """Decode the `=?base64?…?=` form MCP uses for non-ASCII header values."""
+def decode_header_value(value: str) -> str | None:
+    """Decode the `=?base64?…?=` form MCP uses for non-ASCII header values; None when a value in
+    that form does not decode strictly (a lenient decoder would read something, the proxy nothing)."""
     if value.startswith("=?base64?") and value.endswith("?="):
         try:
             return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
-            return value
+            return None
     return value
 
 
@@ -128,5 +129,5 @@ def check_routing_headers(headers: Iterable[tuple[str, str]], msg: Message, *, s
     if name_header is None:
         if modern:
             raise _mismatch("Mcp-Name is required", msg)
-    elif decode_header_value(name_header) != body_name:
+    elif (decoded := decode_header_value(name_header)) is None or decoded != body_name:
         raise _mismatch(f"Mcp-Name does not match params.{name_key}", msg)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
-_BOM = b"\xef\xbb\xbf"
+BOM = b"\xef\xbb\xbf"  # UTF-8 byte order mark
 
 
 class SSEError(Exception):
@@ -75,6 +75,7 @@ class SSEDecoder:
     def __init__(self, max_event_bytes: int = 16 * 1024 * 1024) -> None:
         self._buf = bytearray()
         self._scan = 0  # where the next unread line starts
+        self._searched = 0  # bytes before this were searched for a line end already (in vain)
         self._lines: list[bytes] = []
         self._newline = b"\n"
         self._max = max_event_bytes
@@ -84,22 +85,25 @@ class SSEDecoder:
         buf = self._buf
         buf += chunk
         if not self._started:
-            if len(buf) < len(_BOM) and _BOM.startswith(bytes(buf)) and not final:
+            if len(buf) < len(BOM) and BOM.startswith(bytes(buf)) and not final:
                 return []  # may be the start of a byte order mark
-            if buf.startswith(_BOM):
-                del buf[:len(_BOM)]
+            if buf.startswith(BOM):
+                del buf[:len(BOM)]
             self._started = True
         events: list[Event] = []
         start = 0  # start of the event being collected, in buf
         pos = self._scan
+        search = max(pos, self._searched)  # a long line arriving in pieces is scanned once: linear
         while True:
-            m = _LINE_END.search(buf, pos)
+            m = _LINE_END.search(buf, search)
             if m is None:
+                search = len(buf)
                 break
             if m.group() == b"\r" and m.end() == len(buf) and not final:
+                search = m.start()
                 break  # may be the first half of CRLF: wait for the next byte
             line = bytes(buf[pos:m.start()])
-            pos = m.end()
+            pos = search = m.end()
             if line:
                 self._lines.append(line)
                 self._newline = m.group()
@@ -112,7 +116,8 @@ class SSEDecoder:
         if start:
             del buf[:start]
             pos -= start
-        self._scan = pos
+            search -= start
+        self._scan, self._searched = pos, search
         if len(buf) > self._max:
             raise SSEError(f"SSE event larger than {self._max} bytes")
         return events
@@ -126,7 +131,7 @@ class SSEDecoder:
         events = self.feed(b"", final=True)
         self._buf.clear()
         self._lines.clear()
-        self._scan = 0
+        self._scan = self._searched = 0
         self._started = False
         return events
 

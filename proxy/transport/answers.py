@@ -13,10 +13,8 @@ from typing import Any
 from ..enforce.pipeline import Verdict
 from ..protocol import jsonrpc
 from ..protocol.jsonrpc import ProtocolError
-from .relay import BodyResponse
+from .relay import JSON_HEADER, BodyResponse
 from .upstream import UpstreamError
-
-_JSON = (b"content-type", b"application/json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +31,7 @@ class Answer:
         """The answer as the HTTP response (Streamable HTTP; a legacy POST's own errors)."""
         if self.message is None:
             return BodyResponse(202 if self.status == 200 else self.status, [], b"")
-        headers = [_JSON, *((n.encode("latin-1"), v.encode("latin-1")) for n, v in self.headers)]
+        headers = [JSON_HEADER, *((n.encode("latin-1"), v.encode("latin-1")) for n, v in self.headers)]
         return BodyResponse(self.status, headers, jsonrpc.encode(self.message))
 
 

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from ..enforce.pipeline import Channel, Pipeline, Verdict
 from ..protocol import jsonrpc
 from ..protocol.headers import check_routing_headers
-from ..protocol.jsonrpc import INVALID_REQUEST, Message, ProtocolError
+from ..protocol.jsonrpc import INVALID_REQUEST, Kind, Message, ProtocolError
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -40,8 +40,8 @@ async def admit(request: Request, channel: Channel, pipeline: Pipeline, limit: i
     headers = request.headers.items()
     check_routing_headers(headers, msg, streamable=channel.transport == "streamable_http")
     verdict = await pipeline.client_message(channel, msg, headers)
-    if verdict.allow and verdict.watch_response and msg.id is not None:
-        channel.watched[msg.id] = msg.method or ""
+    if verdict.allow and msg.kind is Kind.REQUEST:
+        channel.remember(channel.watched, msg.id, msg.method or "")
     return msg, verdict
 
 

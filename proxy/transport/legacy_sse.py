@@ -27,7 +27,7 @@ from ..protocol.sse import Event, encode_event
 from . import answers
 from .context import ProxyContext
 from .intake import admit
-from .relay import BodyResponse, StreamResponse, relay, relay_sse
+from .relay import SSE_TYPE, BodyResponse, StreamResponse, relay, relay_sse, typed
 from .upstream import UpstreamError
 
 log = logging.getLogger("mcp_policy_proxy.legacy_sse")
@@ -50,12 +50,16 @@ class LegacySession:
         await self.outgoing.put(encode_event(data, event="message", newline=self.newline).raw)
 
     async def deliver(self, answer: answers.Answer) -> BodyResponse:
-        """The proxy's answer to a POST: on the stream (where this transport's answers travel) when it
-        answers a request; the POST gets 202 Accepted, or the answer's error status."""
+        """The proxy's answer to a POST. One that answers a request travels on the stream, where this
+        transport's answers travel, and the POST gets 202 Accepted (an error status would make the
+        SDK's client end the whole session) — unless it carries a challenge (403 insufficient_scope,
+        for an OAuth client's step-up); any other gets its status on the POST."""
         if answer.answers_request:
             assert answer.message is not None
             await self.inject(answer.message)
-        if answer.status == 200:
+            if not answer.headers:
+                return BodyResponse(202, [(b"content-type", b"text/plain")], b"Accepted")
+        elif answer.status == 200:
             return BodyResponse(202, [(b"content-type", b"text/plain")], b"Accepted")
         return answer.response()
 
@@ -66,6 +70,8 @@ def _same_origin(a: str, b: str) -> bool:
 
 
 async def open_stream(ctx: ProxyContext, request: Request, access: Access) -> Any:
+    if request.method != "GET":  # HEAD or POST must not open an upstream stream
+        return BodyResponse(405, [(b"allow", b"GET")], b"")
     sse_url = ctx.config.upstream.sse_url
     if sse_url is None:
         return BodyResponse(404, [], b"Legacy SSE is not configured (upstream.sse_url)")
@@ -112,19 +118,21 @@ async def open_stream(ctx: ProxyContext, request: Request, access: Access) -> An
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    response = StreamResponse(200, client_response_headers(resp.headers), stream())
+    response = StreamResponse(200, typed(client_response_headers(resp.headers), SSE_TYPE), stream())
     response.end_at = access.valid_until
     response.ended = ctx.revocation(access.server.name)
     return response
 
 
 async def post_message(ctx: ProxyContext, request: Request, access: Access) -> Any:
+    if request.method != "POST":
+        return BodyResponse(405, [(b"allow", b"POST")], b"")
     session_id = request.query_params.get("session_id")
     if not session_id:
         return answers.protocol_failure(ProtocolError(INVALID_REQUEST, "session_id is required")).response()
     session = ctx.legacy_sessions.get(session_id)
     # A session is bound to the principal and server that opened it: anyone else finds nothing.
-    if (session is None or session.upstream_url is None or session.channel.server is not access.server
+    if (session is None or session.upstream_url is None or session.channel.server != access.server
             or session.channel.principal.identity != access.principal.identity):
         return BodyResponse(404, [(b"content-type", b"text/plain")], b"Could not find session")
     try:

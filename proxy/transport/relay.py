@@ -18,7 +18,7 @@ from ..enforce.pipeline import DROP, Channel, Pipeline
 from ..protocol import jsonrpc
 from ..protocol.headers import client_response_headers
 from ..protocol.jsonrpc import Kind
-from ..protocol.sse import Event, SSEDecoder, SSEError, encode_event
+from ..protocol.sse import BOM, Event, SSEDecoder, SSEError, encode_event
 from .upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger("mcp_policy_proxy.relay")
@@ -98,10 +98,10 @@ class StreamResponse:
 async def relay(channel: Channel, pipeline: Pipeline, resp: UpstreamResponse, *, max_event_bytes: int,
                 timeout_s: float, on_event: EventHook | None = None) -> BodyResponse | StreamResponse:
     headers = client_response_headers(resp.headers)
-    media = resp.content_type.split(";", 1)[0].strip()
+    media = resp.content_type.partition(";")[0].strip()
     if media.startswith("text/event-stream"):
         events = relay_sse(channel, pipeline, resp.chunks(), max_event_bytes, on_event)
-        return StreamResponse(resp.status, headers, events)
+        return StreamResponse(resp.status, typed(headers, SSE_TYPE), events)
     # Any other answer is one body, read whole (bounded): whatever a client might read as a message
     # passes the gate first.
     json_type = "json" in media  # application/json and any +json type
@@ -117,24 +117,32 @@ async def relay(channel: Channel, pipeline: Pipeline, resp: UpstreamResponse, *,
         # (the TypeScript SDK reads a GET's body as SSE whatever its type): refused.
         why = f"a {resp.status} answer with Content-Type {resp.content_type or '(none)'}"
         refusal, _ = _refused(channel, jsonrpc.UndecidableAnswer(why), answers_request=True)
-        return BodyResponse(502, [_JSON], refusal)
+        return BodyResponse(502, [JSON_HEADER], refusal)
     if not json_type and not _json_like(body):
         return BodyResponse(resp.status, headers, body)  # an error page of text: free text is not inspected
-    payload, undecided = await decide(channel, pipeline, body.strip().lstrip(_BOM) if not json_type else body,
+    payload, undecided = await decide(channel, pipeline, body.strip().lstrip(BOM) if not json_type else body,
                                       answers_request=True)
     if payload is None:  # a JSON document that is no message (an OAuth error body): as it is
         return BodyResponse(resp.status, headers, body)
     if not payload:
         return BodyResponse(202, [], b"")
-    return BodyResponse(502 if undecided else resp.status, headers if json_type else [_JSON], payload)
+    return BodyResponse(502 if undecided else resp.status, typed(headers, JSON_TYPE), payload)
 
 
-_BOM = "\ufeff".encode()
-_JSON = (b"content-type", b"application/json")
+JSON_TYPE = b"application/json"
+SSE_TYPE = b"text/event-stream"
+JSON_HEADER = (b"content-type", JSON_TYPE)
+
+
+def typed(headers: RawHeaders, media_type: bytes) -> RawHeaders:
+    """`headers` with the proxy's own Content-Type: what it relays is UTF-8 JSON or SSE, as it read
+    it, whatever charset the upstream named (a client decoding by that charset could read other
+    messages than the proxy decided on)."""
+    return [*(h for h in headers if h[0] != b"content-type"), (b"content-type", media_type)]
 
 
 def _json_like(body: bytes) -> bool:
-    return body.strip().lstrip(_BOM)[:1] in (b"{", b"[")
+    return body.strip().lstrip(BOM)[:1] in (b"{", b"[")
 
 
 async def decide(channel: Channel, pipeline: Pipeline, data: bytes | str, *, answers_request: bool

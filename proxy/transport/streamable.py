@@ -15,7 +15,7 @@ from starlette.requests import Request
 from ..auth.authenticator import Access
 from ..enforce.pipeline import Channel
 from ..protocol import jsonrpc
-from ..protocol.headers import PROTOCOL_VERSION, SESSION_ID, upstream_request_headers
+from ..protocol.headers import METHOD, NAME, PROTOCOL_VERSION, SESSION_ID, upstream_request_headers
 from ..protocol.jsonrpc import Kind, ProtocolError
 from . import answers
 from .context import ProxyContext
@@ -52,6 +52,9 @@ async def handle(ctx: ProxyContext, request: Request, access: Access) -> Any:
         return BodyResponse(405, [(b"allow", _ALLOWED.encode())], b"")
 
     headers = upstream_request_headers(request.headers.items(), ctx.upstream.headers)
+    if body is None:  # Mcp-Method and Mcp-Name describe a body: without one nothing checked them
+        headers.pop(METHOD, None)
+        headers.pop(NAME, None)
     headers.update(forwarded)
     if upstream_session is not None:
         headers[SESSION_ID] = upstream_session

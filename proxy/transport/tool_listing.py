@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from .. import __version__
+from ..enforce.inventory import MAX_TOOLS
 from ..protocol import jsonrpc
 from ..protocol.headers import METHOD, PROTOCOL_VERSION, SESSION_ID
 from ..protocol.sse import SSEDecoder
@@ -23,6 +25,8 @@ from .upstream import UpstreamClient, UpstreamError
 MODERN_REVISION = "2026-07-28"
 CLASSIC_REVISION = "2025-11-25"
 MAX_PAGES = 100
+_DELETE_TIMEOUT_S = 2.0
+_REVISION = re.compile(r"\d{4}-\d{2}-\d{2}")
 _CLIENT_INFO = {"name": "mcp-policy-proxy", "version": __version__}
 # The proxy's own requests say so (upstream logs, and tests telling them from relayed ones).
 USER_AGENT = f"mcp-policy-proxy/{__version__} (tool listing)"
@@ -41,10 +45,13 @@ class UpstreamToolLister:
                  sse_url: str | None = None) -> None:
         self._client, self._url, self._max_bytes, self._timeout_s = client, url, max_bytes, timeout_s
         self._sse_url = sse_url
+        self._remaining = max_bytes
+        self._background: set[asyncio.Future[None]] = set()
         # With the proxy's upstream credential; plain bytes (no Accept-Encoding would allow any coding).
         self._headers = {**client.headers, "user-agent": USER_AGENT, "accept-encoding": "identity"}
 
     async def __call__(self) -> list[dict[str, Any]]:
+        self._remaining = self._max_bytes  # what the whole listing may read, every page together
         async with asyncio.timeout(self._timeout_s):
             try:
                 return await self._pages(self._modern_page)
@@ -71,21 +78,28 @@ class UpstreamToolLister:
         params = {"protocolVersion": CLASSIC_REVISION, "capabilities": {}, "clientInfo": _CLIENT_INFO}
         session, result = await self._request("initialize", params, {})
         version = result.get("protocolVersion")
-        headers = {PROTOCOL_VERSION: version if isinstance(version, str) else CLASSIC_REVISION}
+        # Upstream text becomes a header of the proxy's own request: only a revision's shape.
+        headers = {PROTOCOL_VERSION: version if isinstance(version, str) and _REVISION.fullmatch(version)
+                   else CLASSIC_REVISION}
         if session is not None:
             headers[SESSION_ID] = session
         try:
-            await self._send({"jsonrpc": "2.0", "method": "notifications/initialized"}, headers)
+            (await self._send({"jsonrpc": "2.0", "method": "notifications/initialized"}, headers)).close()
 
             async def page(cursor: str | None) -> dict[str, Any]:
                 return (await self._request("tools/list", {} if cursor is None else {"cursor": cursor}, headers))[1]
 
             return await self._pages(page)
         finally:
-            if session is not None:
-                with contextlib.suppress(UpstreamError, OSError):
-                    resp = await self._client.send("DELETE", self._url, {**self._headers, **headers})
-                    await resp.read(self._max_bytes, self._timeout_s)
+            if session is not None:  # in the background: the listing may have timed out already
+                ending = asyncio.ensure_future(self._end_session(headers))
+                self._background.add(ending)
+                ending.add_done_callback(self._background.discard)
+
+    async def _end_session(self, headers: dict[str, str]) -> None:
+        with contextlib.suppress(UpstreamError, OSError, TimeoutError):
+            async with asyncio.timeout(_DELETE_TIMEOUT_S):
+                (await self._client.send("DELETE", self._url, {**self._headers, **headers})).close()
 
     async def _pages(self, page: Any) -> list[dict[str, Any]]:
         tools: list[dict[str, Any]] = []
@@ -97,6 +111,8 @@ class UpstreamToolLister:
             if not isinstance(listed, list):
                 raise ListingFailed("tools/list result has no list of tools")
             tools.extend(t for t in listed if isinstance(t, dict) and isinstance(t.get("name"), str))
+            if len(tools) >= MAX_TOOLS:
+                return tools[:MAX_TOOLS]  # the inventory keeps no more
             cursor = result.get("nextCursor")
             if cursor is None:
                 return tools
@@ -139,7 +155,7 @@ class UpstreamToolLister:
     async def _post(self, url: str, message: dict[str, Any]) -> None:
         resp = await self._client.send("POST", url, {**self._headers, "content-type": "application/json"},
                                        jsonrpc.encode(message))
-        await resp.read(self._max_bytes, self._timeout_s)
+        resp.close()  # its answer (202) is of no interest; the answers come on the stream
         if resp.status >= 300:
             raise ListingFailed(f"legacy SSE: upstream answered a POST with HTTP {resp.status}")
 
@@ -147,6 +163,7 @@ class UpstreamToolLister:
         """(event type, data) of each event of an SSE stream that carries data."""
         decoder = SSEDecoder(self._max_bytes)
         async for chunk in resp.chunks():
+            self._spend(len(chunk))
             for ev in decoder.feed(chunk):
                 if ev.has_data and ev.data:
                     yield ev.event or "message", ev.data
@@ -168,7 +185,9 @@ class UpstreamToolLister:
         if resp.content_type.startswith("text/event-stream"):
             msg = await self._from_stream(resp)
         else:
-            msg = _message(await resp.read(self._max_bytes, self._timeout_s))
+            body = await resp.read(self._remaining, self._timeout_s)
+            self._spend(len(body))
+            msg = _message(body)
         if msg is None or msg.kind is not jsonrpc.Kind.RESPONSE or msg.id != 1:
             raise ListingFailed(f"{method}: the upstream's answer is not a JSON-RPC response")
         return session, _result(method, msg)
@@ -182,6 +201,12 @@ class UpstreamToolLister:
         finally:
             resp.close()  # the stream may go on (pings): this connection is not reused
         return None
+
+
+    def _spend(self, size: int) -> None:
+        self._remaining -= size
+        if self._remaining < 0:
+            raise ListingFailed(f"the upstream's tool listing is larger than {self._max_bytes} bytes")
 
 
 def _message(data: bytes | str) -> jsonrpc.Message | None:

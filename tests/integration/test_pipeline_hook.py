@@ -34,7 +34,7 @@ class HidingPipeline:
         if msg.method == "tools/call" and msg.params.get("name") == "sleep":
             return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.FORBIDDEN, "Forbidden by policy"))
         if msg.method == "tools/list":
-            return Verdict(True, watch_response=True)
+            return Verdict(True)
         return ALLOW
 
     async def server_message(self, channel: Channel, msg: Message) -> Message | None:

@@ -272,6 +272,18 @@ async def test_list_changed_makes_the_proxy_list_again():
 
 
 PARAM_SCHEMA = {"type": "object", "properties": {"mailbox": {"type": "string", "x-mcp-header": "Mailbox"}}}
+MODERN_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+               "io.modelcontextprotocol/clientCapabilities": {}}
+
+
+def param_enforcer(server: Server = SUPPORT) -> Enforcer:
+    return enforcer(server, inventory=declared([{"name": "list_all_missive_conversations",
+                                                  "inputSchema": PARAM_SCHEMA}]))
+
+
+def modern_call(arguments: dict) -> Message:
+    return request("tools/call", {"name": "list_all_missive_conversations", "arguments": arguments,
+                                  "_meta": MODERN_META})
 
 
 @pytest.mark.parametrize(("headers", "allowed"), [
@@ -281,9 +293,8 @@ PARAM_SCHEMA = {"type": "object", "properties": {"mailbox": {"type": "string", "
     ([("mcp-param-mailbox", "inbox"), ("mcp-param-mailbox", "inbox")], False),
 ])
 async def test_mcp_param_headers_must_mirror_the_arguments(headers, allowed):
-    e = enforcer(SUPPORT, inventory=declared([{"name": "list_all_missive_conversations", "inputSchema": PARAM_SCHEMA}]))
-    v = await e.client_message(Channel("streamable_http", SUPPORT),
-                               call("list_all_missive_conversations", {"mailbox": "inbox"}), headers)
+    v = await param_enforcer().client_message(Channel("streamable_http", SUPPORT), modern_call({"mailbox": "inbox"}),
+                                              headers)
     assert v.allow is allowed
     if allowed:
         assert v.headers == (("mcp-param-mailbox", "inbox"),)  # the checked header is forwarded
@@ -291,10 +302,29 @@ async def test_mcp_param_headers_must_mirror_the_arguments(headers, allowed):
         assert (v.status, v.reply["error"]["code"]) == (400, -32020)
 
 
+async def test_mcp_param_headers_belong_to_2026_07_28_only():
+    """Older clients never send them (nor do SDK servers check them there): not demanded, and any
+    such header an older request carries is not forwarded."""
+    e = param_enforcer()
+    for headers in ([], [("mcp-param-mailbox", "all")]):
+        v = await e.client_message(Channel("streamable_http", SUPPORT), call("list_all_missive_conversations",
+                                                                             {"mailbox": "inbox"}), headers)
+        assert v.allow and v.headers == ()
+
+
+async def test_a_header_mismatch_on_a_hidden_tool_is_an_unknown_tool():
+    v = await param_enforcer(READ).client_message(Channel("streamable_http", READ), modern_call({"mailbox": "x"}), [])
+    assert (v.status, v.reply["error"]["code"]) == (400, -32020)  # visible to READ: the mismatch is named
+    hidden = Server(name="ro", methods=("write",))
+    v = await param_enforcer(hidden).client_message(Channel("streamable_http", hidden), modern_call({"mailbox": "x"}),
+                                                    [])
+    assert v.reply["error"] == {"code": -32602, "message": "Unknown tool: list_all_missive_conversations"}
+
+
 async def test_undeclared_param_headers_are_not_forwarded():
     e = enforcer(SUPPORT)
-    v = await e.client_message(Channel("streamable_http", SUPPORT), call("list_all_missive_conversations"),
-                               [("mcp-param-region", "eu")])
+    v = await e.client_message(Channel("streamable_http", SUPPORT), request("tools/call", {
+        "name": "list_all_missive_conversations", "arguments": {}, "_meta": MODERN_META}), [("mcp-param-region", "eu")])
     assert v.allow and v.headers == ()
 
 
@@ -312,11 +342,16 @@ async def test_a_tools_result_without_a_list_is_replaced_by_an_error():
     assert out.data["id"] == 4 and out.data["error"]["code"] == -32603
 
 
-async def test_pages_teach_the_inventory_their_schemas():
+async def test_answers_to_tools_list_teach_the_inventory_their_schemas():
     inventory = ToolInventory(None)
     e = enforcer(SUPPORT, inventory=inventory)
     page = to_message({"jsonrpc": "2.0", "id": 1, "result": {"tools": [
         {"name": "create_a_missive_draft", "inputSchema": DRAFT_SCHEMA}]}})
-    await e.server_message(Channel("streamable_http", SUPPORT), page)
+    stray = Channel("streamable_http", SUPPORT, "GET")  # a page on a GET stream answers no request here
+    await e.server_message(stray, page)
+    assert "create_a_missive_draft" not in inventory
+    listing = Channel("streamable_http", SUPPORT)
+    listing.watched[1] = "tools/list"
+    await e.server_message(listing, page)
     v = await e.client_message(Channel("streamable_http", SUPPORT), call("create_a_missive_draft", {"send": 1}))
     assert v.reply["result"]["isError"]
