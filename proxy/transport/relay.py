@@ -123,7 +123,7 @@ async def relay(channel: Channel, pipeline: Pipeline, resp: UpstreamResponse, *,
     payload, undecided = await decide(channel, pipeline, body.strip().lstrip(BOM) if not json_type else body,
                                       answers_request=True)
     if payload is None:  # a JSON document that is no message (an OAuth error body): as it is
-        return BodyResponse(resp.status, headers, body)
+        return BodyResponse(resp.status, typed(headers, JSON_TYPE) if json_type else headers, body)
     if not payload:
         return BodyResponse(202, [], b"")
     return BodyResponse(502 if undecided else resp.status, typed(headers, JSON_TYPE), payload)
