@@ -1,6 +1,7 @@
-"""Review findings (0a440ca..HEAD): each test demonstrates one problem and fails against the code
-it was written against. In-process where possible (the real Enforcer with the bundled policies,
-the real intake, relay, SSE codec, inventory and tool lister), so each stays fast and exact.
+"""Findings of a hostile review of the enforcement change: each test was written against the
+problem its docstring describes (it failed then) and now guards the fix. In-process where possible
+(the real Enforcer with the bundled policies, the real intake, relay, SSE codec, inventory and tool
+lister), so each stays fast and exact.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def _python_sdk_events(headers: list[tuple[str, str]], body: bytes) -> list[Any]
     "text/event-stream; charset*=utf-7",
     'text/event-stream; x="a;charset=utf-8"; charset=utf-7',
 ])
-async def test_sse_charset_parameter_lets_an_undecided_tools_page_reach_a_python_client(content_type):
+async def test_an_sse_charset_cannot_make_a_python_client_read_an_undecided_page(content_type):
     """The upstream says `charset=utf-7`; the proxy parses the bytes as UTF-8 and sees one SSE
     comment (relayed byte for byte), the Python SDK decodes them as UTF-7 and reads a message
     event: a tools/list answer carrying a tool the policy hides. The upstream's Content-Type
@@ -124,7 +125,7 @@ async def test_sse_charset_parameter_lets_an_undecided_tools_page_reach_a_python
 
 
 
-async def test_legacy_sse_stream_charset_parameter_reaches_a_python_client():
+async def test_a_legacy_sse_charset_cannot_make_a_python_client_read_an_undecided_page():
     """The same on the legacy transport: GET /sse relays the upstream's stream (and its
     Content-Type) through relay_sse directly, not through relay(), so no check made in relay()
     applies to it."""
@@ -194,7 +195,7 @@ async def test_mcp_param_headers_are_not_demanded_of_clients_before_2026_07_28()
         assert verdict.allow, f"{channel.transport}: {verdict.status} {verdict.reply}"
 
 
-async def test_header_mismatch_on_a_hidden_tool_reveals_it():
+async def test_a_header_mismatch_on_a_hidden_tool_does_not_reveal_it():
     """A hidden tool is answered `Unknown tool` whatever its arguments (docs/policy-input.md), but
     the Mcp-Param check runs before the policy: a call without the header gets 400 -32020 naming
     the tool's header and argument, which a tool that does not exist never gets."""
@@ -218,7 +219,7 @@ class Clock:
         return self.now
 
 
-async def test_cancelled_listing_leaves_a_finished_future_that_answers_a_later_lookup():
+async def test_a_cancelled_waiter_does_not_stop_later_listings():
     """The first caller of a listing goes away (its client disconnected): `refresh` does not clear
     `_fetching` because the listing is not done yet. Much later (the definitions stale), the next
     lookup awaits that long-finished future instead of listing, and a declared tool is refused as
@@ -270,7 +271,7 @@ async def test_list_changed_during_a_listing_does_not_make_the_older_listing_fre
     assert len(calls) == 2, "a listing begun before list_changed was taken as current"
 
 
-async def test_stale_definition_with_a_failing_listing_relists_on_every_call():
+async def test_a_failing_listing_is_not_repeated_on_every_call():
     """Misses list the upstream at most once per 5 s (docs), but a definition past its time to live
     is relisted on every call while listing fails: each call of a known tool costs a full listing
     attempt (Streamable 2026, classic handshake, legacy SSE)."""
