@@ -219,11 +219,8 @@ class Clock:
         return self.now
 
 
-async def test_a_cancelled_waiter_does_not_stop_later_listings():
-    """The first caller of a listing goes away (its client disconnected): `refresh` does not clear
-    `_fetching` because the listing is not done yet. Much later (the definitions stale), the next
-    lookup awaits that long-finished future instead of listing, and a declared tool is refused as
-    unknown."""
+def gated_listing() -> tuple[Clock, asyncio.Event, list[float], Any]:
+    """A listing of VISIBLE whose first call waits for the gate; (clock, gate, call times, fetch)."""
     clock, gate, calls = Clock(), asyncio.Event(), []
     tools = [{"name": VISIBLE, "inputSchema": {"type": "object"}}]
 
@@ -233,6 +230,15 @@ async def test_a_cancelled_waiter_does_not_stop_later_listings():
             await gate.wait()
         return tools
 
+    return clock, gate, calls, fetch
+
+
+async def test_a_cancelled_waiter_does_not_stop_later_listings():
+    """The first caller of a listing goes away (its client disconnected): `refresh` does not clear
+    `_fetching` because the listing is not done yet. Much later (the definitions stale), the next
+    lookup awaits that long-finished future instead of listing, and a declared tool is refused as
+    unknown."""
+    clock, gate, calls, fetch = gated_listing()
     inventory = ToolInventory(fetch, ttl_s=60, clock=clock)
     first = asyncio.ensure_future(inventory.lookup(VISIBLE))
     await asyncio.sleep(0.01)
@@ -249,15 +255,7 @@ async def test_list_changed_during_a_listing_does_not_make_the_older_listing_fre
     """notifications/tools/list_changed arrives while a listing is under way: the listing may
     predate the change, yet its definitions are stamped with the time it *ended*, after the
     invalidation, and used as fresh."""
-    clock, gate, calls = Clock(), asyncio.Event(), []
-    tools = [{"name": VISIBLE, "inputSchema": {"type": "object"}}]
-
-    async def fetch() -> list[dict[str, Any]]:
-        calls.append(clock.now)
-        if len(calls) == 1:
-            await gate.wait()
-        return tools
-
+    clock, gate, calls, fetch = gated_listing()
     inventory = ToolInventory(fetch, ttl_s=300, clock=clock)
     listing = asyncio.ensure_future(inventory.lookup(VISIBLE))
     await asyncio.sleep(0.01)
