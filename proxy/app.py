@@ -65,7 +65,10 @@ def origin_allowed(origin: str, allowed: frozenset[str]) -> bool:
     """A browser Origin must be loopback or configured (the DNS-rebinding defence)."""
     if origin.lower() in allowed:
         return True
-    host = urlsplit(origin).hostname
+    try:
+        host = urlsplit(origin).hostname
+    except ValueError:  # `http://[`: no origin at all, so not an allowed one
+        return False
     return host is not None and is_loopback(host)
 
 

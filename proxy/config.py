@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,11 @@ class Upstream:
     timeout_s: float = 60.0
     connect_timeout_s: float = 5.0
     keepalive_s: float = 4.0
-    max_connections: int = 256
+    max_connections: int = 256  # open connections per origin (idle and in use) per worker
+    queue_timeout_s: float = 5.0  # wait for a free connection at the cap; then 503
+    max_queue: int = 1024  # requests waiting for a connection; beyond, 503 at once
+    max_header_bytes: int = 64 * 1024  # an upstream response's header block; larger → 502
+    read_timeout_s: float = 60.0  # silence allowed inside a non-SSE body (SSE streams may idle)
     tools_ttl_s: float = 300.0  # how long the upstream's tool definitions are used without being listed again
 
 
@@ -55,6 +59,13 @@ class Upstream:
 class Limits:
     max_body_bytes: int = 4 * 1024 * 1024
     max_sse_event_bytes: int = 16 * 1024 * 1024
+    max_header_bytes: int = 32 * 1024  # a client request's header block; larger → 431
+    max_streams: int = 1024  # open SSE streams (GET, POST answers, legacy sessions) per worker → 503
+    max_streams_per_principal: int = 32  # → 429
+    max_legacy_sessions: int = 256  # open legacy HTTP+SSE sessions per worker → 503
+    client_header_timeout_s: float = 10.0  # a client must send its request head within this → 408
+    client_body_timeout_s: float = 30.0  # silence allowed while a client sends its body → 408
+    shutdown_grace_s: float = 25.0  # SIGTERM: in-flight requests may finish within this, then exit
 
 
 @dataclass(frozen=True)
@@ -297,7 +308,11 @@ def parse(data: Any, source: str) -> Config:
         timeout_s=up.positive("timeout_s", float, 60.0),
         connect_timeout_s=up.positive("connect_timeout_s", float, 5.0),
         keepalive_s=up.positive("keepalive_s", float, 4.0),
-        max_connections=up.positive("max_connections", int, 256),
+        max_connections=up.positive("max_connections", int, Upstream.max_connections),
+        queue_timeout_s=up.positive("queue_timeout_s", float, Upstream.queue_timeout_s),
+        max_queue=up.positive("max_queue", int, Upstream.max_queue),
+        max_header_bytes=up.positive("max_header_bytes", int, Upstream.max_header_bytes),
+        read_timeout_s=up.positive("read_timeout_s", float, Upstream.read_timeout_s),
         tools_ttl_s=up.positive("tools_ttl_s", float, 300.0),
     )
     up.done()
@@ -310,8 +325,7 @@ def parse(data: Any, source: str) -> Config:
     ls.done()
 
     lim = root.child("limits")
-    limits = Limits(max_body_bytes=lim.positive("max_body_bytes", int, Limits.max_body_bytes),
-                    max_sse_event_bytes=lim.positive("max_sse_event_bytes", int, Limits.max_sse_event_bytes))
+    limits = Limits(**{f.name: lim.positive(f.name, type(f.default), f.default) for f in fields(Limits)})
     lim.done()
 
     pol = root.child("policy")
