@@ -35,6 +35,10 @@ class Metrics:
                                    ["server"], registry=r)
         self.config_reloads = Counter("mcp_proxy_config_reloads_total", "Config reloads, by result", ["result"],
                                       registry=r)
+        # `limit` names the config key that refused (limits.max_streams, upstream.max_connections, …).
+        self.limit_rejections = Counter("mcp_proxy_limit_rejections_total",
+                                        "Requests refused because a resource limit was reached", ["limit"],
+                                        registry=r)
         self._decision_children: dict[tuple[str, str, str], Counter] = {}
 
     def decision(self, server: str, outcome: str, mode: str) -> None:
@@ -52,6 +56,9 @@ class Metrics:
 
     def auth_failure(self, server: str, reason: str) -> None:
         self.auth_failures.labels(server, reason).inc()
+
+    def limit_rejected(self, limit: str) -> None:
+        self.limit_rejections.labels(limit).inc()
 
     def policy_in_force(self, revision: str) -> None:
         self.bundle.clear()
