@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import hmac
 import logging
 import os
@@ -19,13 +20,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .auth.authenticator import Access, Authenticator, AuthFailure, TokenVerifier
-from .auth.resource import WELL_KNOWN, challenge, metadata
+from .auth.resource import WELL_KNOWN, challenge, metadata, metadata_url
 from .auth.sessions import SessionBinder
 from .config import Config, is_loopback
 from .config_reload import ConfigReloader
@@ -38,9 +39,11 @@ from .observe.decision_log import DecisionLog
 from .observe.metrics import Metrics
 from .policy.manager import PolicyManager, build_policy_set
 from .protocol import jsonrpc
-from .transport import legacy_sse, streamable
+from .protocol.jsonrpc import ProtocolError
+from .transport import answers, legacy_sse, streamable
+from .transport.admission import Admission
 from .transport.context import ProxyContext
-from .transport.intake import error_response
+from .transport.intake import error_response, header_fault
 from .transport.paths import route
 from .transport.tool_listing import UpstreamToolLister
 from .transport.upstream import UpstreamClient
@@ -78,6 +81,8 @@ async def healthz(request: Request) -> JSONResponse:
 
 async def readyz(request: Request) -> JSONResponse:
     ctx: ProxyContext = request.app.state.proxy
+    if ctx.draining.is_set():  # shutting down: a load balancer sends no more
+        return JSONResponse({"status": "draining"}, status_code=503, headers={"connection": "close"})
     url = urlsplit(ctx.config.upstream.url)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
@@ -105,7 +110,8 @@ class ProxyApp:
         self.metrics = Metrics()
         self.metrics.servers(config.servers)
         self.policy_manager: PolicyManager | None = None
-        upstream = UpstreamClient(config.upstream)
+        upstream = UpstreamClient(config.upstream,
+                                  on_limit=lambda: self.metrics.limit_rejected("upstream.max_connections"))
         if pipeline is None:
             policy = build_policy_set(config.policy)
             check_config_words(config, policy.catalog)
@@ -114,7 +120,8 @@ class ProxyApp:
                                 metrics=self.metrics, inventory=tool_inventory(config, upstream))
             self.policy_manager = PolicyManager(config.policy, enforcer, lambda: self.ctx.config)
             pipeline = enforcer
-        self.ctx = ProxyContext(config, pipeline, upstream, session_binder(config))
+        self.ctx = ProxyContext(config, pipeline, upstream, session_binder(config),
+                                Admission(config.limits, self.metrics.limit_rejected))
         self.allowed_origins = allowed_origins(config)
         self.jwt = jwt_verifier(config)
         self.authenticator = authenticator(config, self.jwt, clock)
@@ -127,6 +134,9 @@ class ProxyApp:
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
             access_log.install()  # here: after uvicorn has configured its loggers
+            # Everything built so far lives as long as the process: out of the collector's sight, a
+            # full collection (which requests' containers trigger) costs ~0 instead of ~100 ms.
+            gc.freeze()
             watchers = []
             manager, reloader = self.policy_manager, self.config_reloader
             interval = config.policy.reload_interval_s
@@ -154,6 +164,14 @@ class ProxyApp:
             Route(WELL_KNOWN + "/{endpoint:path}", self.serve_metadata, methods=["GET"]),
         ], lifespan=lifespan)
         self.other.state.proxy = self.ctx
+
+    def drain(self) -> None:
+        """Shutdown begins (SIGTERM; proxy/transport/http_server.py): /readyz answers 503, new MCP
+        requests 503, GET streams end cleanly and legacy sessions once answered; requests in
+        flight finish (within limits.shutdown_grace_s). Idempotent."""
+        if not self.ctx.draining.is_set():
+            log.info("draining: open streams end, requests in flight may finish")
+        self.ctx.drain()
 
     def reload(self) -> None:
         """SIGHUP: the config, then the policies."""
@@ -199,6 +217,8 @@ class ProxyApp:
         if endpoint not in ("", "mcp", "sse"):
             return Response(b"Not Found", 404, media_type="text/plain")
         doc = metadata(self.ctx.config, self.ctx.base_url(request), f"/{endpoint}" if endpoint else "")
+        if doc is None:  # no authorization server: no document (resource.py says why)
+            return Response(b"Not Found", 404, media_type="text/plain")
         return JSONResponse(doc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -210,12 +230,29 @@ class ProxyApp:
         request = Request(scope, receive)
         try:
             response = await self.serve_mcp(request, kind, url_token)
+        except ClientDisconnect:  # gone before its request was read whole (or was too slow: a 408)
+            return
+        except asyncio.CancelledError:
+            if not self.ctx.draining.is_set():
+                raise
+            log.warning("shutdown: a request still waiting for the upstream was cut at limits.shutdown_grace_s")
+            response = answers.cut_at_shutdown().response()
         except Exception:
             log.exception("request failed")
             response = error_response(500, jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "Internal error"))
-        await response(scope, receive, send)
+        try:
+            await response(scope, receive, send)
+        except asyncio.CancelledError:  # the grace period is over: the connection closes mid-answer
+            if not self.ctx.draining.is_set():
+                raise
+            log.warning("shutdown: an answer still streaming was cut at limits.shutdown_grace_s")
 
     async def serve_mcp(self, request: Request, kind: str, url_token: str | None) -> Any:
+        if self.ctx.draining.is_set():  # shutting down: nothing new is forwarded
+            return answers.draining().response()
+        if (fault := header_fault(request.scope["headers"])) is not None:
+            return answers.protocol_failure(ProtocolError(jsonrpc.INVALID_REQUEST, f"Invalid Request: {fault}")
+                                            ).response()
         origin_header = request.headers.get("origin")
         if origin_header is not None and not origin_allowed(origin_header, self.allowed_origins):
             return error_response(403, jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Origin not allowed"))
@@ -230,7 +267,7 @@ class ProxyApp:
         if failure.status == 404:  # an unknown URL token looks exactly like an unknown path
             return Response(b"Not Found", 404, media_type="text/plain")
         endpoint = "/sse" if kind in ("sse", "messages") else "/mcp"
-        url = f"{self.ctx.base_url(request)}{WELL_KNOWN}{endpoint}"
+        url = metadata_url(self.ctx.config, self.ctx.base_url(request), endpoint, request.scope["path"])
         body = jsonrpc.error_response(None, jsonrpc.FORBIDDEN, "Unauthorized",
                                       {"error": failure.error or "unauthorized", "reason": failure.reason})
         return error_response(401, body, headers={"www-authenticate": challenge(failure, url)})

@@ -94,9 +94,8 @@ def check_exposure(config: Config) -> str | None:
 
 def serve(config: Config, log_level: str, access_log: bool = False,
           reload_config: Callable[[], Config] | None = None) -> int:
-    import uvicorn
-
     from .app import create_app
+    from .transport.http_server import serve as serve_http
 
     problem = check_exposure(config)
     if problem:
@@ -107,11 +106,10 @@ def serve(config: Config, log_level: str, access_log: bool = False,
     except PolicyLoadError as exc:
         print(f"mcp-policy-proxy: {config.source}: policy: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        app, host=config.listen.host, port=config.listen.port, log_level=log_level,
-        loop="uvloop", http="httptools", access_log=access_log, server_header=False, lifespan="on",
-    )
-    return 0
+    # SIGTERM: drain (streams end, requests in flight finish within limits.shutdown_grace_s), exit 0.
+    started = serve_http(app, config, app.drain, app.metrics.limit_rejected, log_level=log_level,
+                         access_log=access_log)
+    return 0 if started else 1
 
 
 # Which flag of `token create` fills which key of the server entry (errors name the flag).

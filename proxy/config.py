@@ -18,6 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from .protocol.urls import UrlError, normalize_url
+
 # The policies shipped with the proxy: the default when a config names none.
 BUNDLED_POLICIES = str(Path(__file__).resolve().parent.parent / "policies")
 BUNDLED_REF = "@bundled"  # in policy.paths: the policies shipped with the proxy, wherever it is installed
@@ -237,10 +239,10 @@ class _Reader:
             if required:
                 raise self.err(name, "is required")
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise self.err(name, f"must be an http(s) URL, got {value!r}")
-        return value
+        try:
+            return normalize_url(value)  # non-ASCII in the path or query: percent-encoded, once
+        except UrlError as exc:
+            raise self.err(name, str(exc)) from None  # the value is not echoed: URLs can carry tokens
 
     def strings(self, name: str) -> tuple[str, ...]:
         value = self.get(name, list, [])
@@ -257,6 +259,14 @@ class _Reader:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             raise self.err(unknown[0], "unknown key")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, never the offending text: PyYAML quotes the line, which may hold a secret."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "cannot be parsed"
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"invalid YAML{where}: {problem}"
 
 
 def _article(noun: str) -> str:
@@ -432,7 +442,7 @@ def load(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None =
         except OSError as exc:
             raise ConfigError(source, "", f"cannot read: {exc.strerror}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(source, "", f"invalid YAML: {exc}") from None
+            raise ConfigError(source, "", _yaml_problem(exc)) from None
         if not isinstance(data, dict):
             raise ConfigError(source, "", "the top level must be a mapping")
     for dotted, value in (overrides or {}).items():

@@ -106,7 +106,8 @@ def banner(base: str, tokens: dict[str, str], upstream_url: str) -> str:
 
 
 class _Stop(BaseException):
-    """Raised by SIGINT/SIGTERM once uvicorn has shut down (it re-raises the signals it caught)."""
+    """Raised by SIGINT/SIGTERM outside the proxy's run, and by SIGINT once it has drained (uvicorn
+    re-raises SIGINT; after a SIGTERM the drained proxy returns 0 itself: http_server.py)."""
 
 
 def _stop(signum: int, frame: object) -> None:

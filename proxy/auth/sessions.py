@@ -11,6 +11,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
+
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")  # what MCP allows in a session id
 
 
 class SessionBinder:
@@ -25,7 +28,13 @@ class SessionBinder:
         return f"{session_id}.{self._tag(identity, server, session_id)}"
 
     def unwrap(self, identity: str, server: str, presented: str) -> str | None:
+        """The upstream's session id inside `presented`, or None when it is not one this proxy
+        issued to this principal for this server. Session ids are visible ASCII (MCP): anything
+        else (header bytes decoded as latin-1, obs-text) is no session id at all."""
+        if not _VISIBLE_ASCII.fullmatch(presented):
+            return None
         session_id, dot, tag = presented.rpartition(".")
         if not dot or not hmac.compare_digest(tag, self._tag(identity, server, session_id)):
             return None
         return session_id
+

@@ -13,6 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+# The classification cache: at most this many entries, and this many characters of names in all.
+MAX_CACHED = 65536
+MAX_CACHED_CHARS = 4 * 1024 * 1024
+
 ACCESS = {"list": "read", "get": "read", "create": "write", "update": "write", "delete": "write"}
 KNOWN_ACCESS = ("read", "write", "custom")  # the access levels a server's `methods` may name
 
@@ -88,7 +92,15 @@ class Catalog:
         rules.update(_rules(overrides.get("tag_rules"), "data.catalog.overrides.tag_rules"))
         # Longest words first, so "shared_label" is tried before "label".
         self._rules = sorted(rules.items(), key=lambda rule: -len(rule[0]))
+        # The rules by the word of a name they can start at (a one-word rule: singular or plural),
+        # so matching costs a dict look-up per word of the name, not a scan per rule.
+        self._rules_by_word: dict[str, list[tuple[int, list[str], tuple[str, ...]]]] = {}
+        for order, (word, rule_tags) in enumerate(self._rules):
+            parts = word.split("_")
+            for start in (parts[0], parts[0] + "s") if len(parts) == 1 else (parts[0],):
+                self._rules_by_word.setdefault(start, []).append((order, parts, rule_tags))
         self._cache: dict[tuple[str, bool], ToolInfo] = {}
+        self._cached_chars = 0
         # The words a server's `methods` and `tags` may use (proxy/config_words.py checks them):
         # the access levels, the convention's methods, and every method and tag the catalog names.
         entries = [self.classify(name) for name in self._tools]
@@ -117,8 +129,11 @@ class Catalog:
         info = self._cache.get(key)
         if info is None:
             info = self._classify(name, read_only)
-            if len(self._cache) < 65536:
+            # Bounded in entries and in the bytes of the names kept (names come from what upstreams
+            # declare: a client's name reaches the catalog only once the upstream declared it).
+            if len(self._cache) < MAX_CACHED and self._cached_chars + len(name) <= MAX_CACHED_CHARS:
                 self._cache[key] = info
+                self._cached_chars += len(name)
         return info
 
     def _classify(self, name: str, read_only: bool) -> ToolInfo:
@@ -139,16 +154,21 @@ class Catalog:
 
     def _tags_from_rules(self, name: str) -> tuple[str, ...]:
         """Rules match whole words of the name (the last one singular or plural), longest rule
-        first; words a rule matched are not matched again ("shared_labels" is not also "labels")."""
+        first; words a rule matched are not matched again ("shared_labels" is not also "labels").
+        Linear in the name: each word finds the few rules that can start there by one look-up."""
         words = name.lower().replace("-", "_").split("_")
+        candidates: list[tuple[int, int, int, tuple[str, ...]]] = []
+        for i, first in enumerate(words):
+            for order, parts, rule_tags in self._rules_by_word.get(first, ()):
+                n = len(parts)
+                if i + n <= len(words) and words[i + 1:i + n - 1] == parts[1:-1] \
+                        and (n == 1 or words[i + n - 1] in (parts[-1], parts[-1] + "s")):
+                    candidates.append((order, i, n, rule_tags))
+        candidates.sort(key=lambda c: (c[0], c[1]))  # rule by rule, left to right, as the rules rank
         free = [True] * len(words)
         tags: list[str] = []
-        for word, rule_tags in self._rules:
-            parts = word.split("_")
-            n = len(parts)
-            for i in range(len(words) - n + 1):
-                window = words[i:i + n]
-                if all(free[i:i + n]) and window[:-1] == parts[:-1] and window[-1] in (parts[-1], parts[-1] + "s"):
-                    free[i:i + n] = [False] * n
-                    tags.extend(t for t in rule_tags if t not in tags)
+        for _, i, n, rule_tags in candidates:
+            if all(free[i:i + n]):
+                free[i:i + n] = [False] * n
+                tags.extend(t for t in rule_tags if t not in tags)
         return tuple(tags)

@@ -8,6 +8,7 @@ whichever stream it arrives on. An engine failure denies (503); nothing undecide
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import logging
@@ -27,13 +28,20 @@ from ..protocol.headers import META_PROTOCOL_VERSION
 from ..protocol.jsonrpc import Kind, Message
 from .catalog import Catalog
 from .input import CLIENT_TO_SERVER, SERVER_TO_CLIENT, build_input, message_name, rfc3339, server_input
-from .inventory import MAX_NAME_LENGTH, PARAM_HEADER_PREFIX, InventoryUnavailable, ToolInventory
+from .inventory import MAX_NAME_LENGTH, PARAM_HEADER_PREFIX, InventoryUnavailable, ToolDefinition, ToolInventory
 from .pipeline import DROP, Channel, Verdict
 
 log = logging.getLogger("mcp_policy_proxy.enforce")
 
 ENGINE_UNAVAILABLE = "Policy engine unavailable"
-LAST_HANDSHAKE_REVISION = "2025-11-25"
+# A message this large costs the event loop milliseconds at each step (the policy engine reading its
+# input, the schema check): it is decided in several turns, so other clients are served between.
+LARGE_MESSAGE_BYTES = 64 * 1024
+# The longest name or URI a client may name in a request, checked before anything else looks at it
+# (MCP: a tool name SHOULD be 1 to 128 characters, prompts are named alike; a URI has no limit
+# there, so the length HTTP asks every server to take in a request line, RFC 9110 §4.1).
+NAME_LIMITS = {"tools/call": ("tool names", MAX_NAME_LENGTH), "prompts/get": ("prompt names", MAX_NAME_LENGTH),
+               "resources/read": ("resource URIs", 8192)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +66,13 @@ class DecisionIds:
         return f"{self._head}{0x8000 | (n >> 48) & 0x3FFF:04x}-{n & 0xFFFF_FFFF_FFFF:012x}"
 
 
-def tool_error(request_id: Any, reasons: tuple[str, ...], protocol_version: str | None) -> dict[str, Any]:
-    """A tool result the model can read and correct itself from (not a protocol error)."""
+def tool_error(request_id: Any, reasons: tuple[str, ...], revision: str | None) -> dict[str, Any]:
+    """A tool result the model can read and correct itself from (not a protocol error), in the
+    shape `revision` requires (Channel.revision: whatever transport carries it)."""
     result: dict[str, Any] = {"content": [{"type": "text", "text": "; ".join(reasons) or "Denied by policy"}],
                               "isError": True}
-    if protocol_version is not None and protocol_version > LAST_HANDSHAKE_REVISION:
-        result["resultType"] = "complete"  # required on results from revision 2026-07-28 on
+    if jsonrpc.result_type_needed(revision):
+        result["resultType"] = "complete"
     return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
 
@@ -75,7 +84,7 @@ def _has_tools(result: dict[str, Any]) -> bool:
 class Refusal(StrEnum):
     """Why the proxy itself refused a message (decision-log `result.refused_by_proxy`)."""
 
-    INVALID_NAME = "invalid_name"  # tools/call without a name, or one longer than MCP allows
+    INVALID_NAME = "invalid_name"  # tools/call without a name; a tool, prompt or resource name too long
     UNKNOWN_TOOL = "unknown_tool"  # the upstream declares no such tool
     INVENTORY_UNAVAILABLE = "inventory_unavailable"  # the upstream's tools could not be listed
     HEADER_MISMATCH = "header_mismatch"  # Mcp-Param-* headers disagree with the arguments
@@ -107,6 +116,7 @@ class _Call:
 
     tool: dict[str, Any]
     refusal: Ruling | None = None  # refused before the policy runs (nothing to reveal)
+    definition: ToolDefinition | None = None  # the upstream's, whose schema the arguments must satisfy
     # Refused after it (its headers or arguments are wrong), once the policy said whether the tool is
     # visible at all: a hidden tool is unknown, whatever is wrong with the call.
     faults: tuple[Refusal, tuple[str, ...]] | None = None
@@ -147,19 +157,40 @@ class Enforcer:
             method, name = channel.server_requests.pop(msg.id, None), None
         else:
             method, name = msg.method, message_name(msg)
-        call = await self._check_call(msg, name, headers) if method == "tools/call" and msg.kind is Kind.REQUEST \
-            else None
+        # A name longer than any the upstream may declare is refused before anything (the tool
+        # inventory, the catalog, the policy, the log) looks at more of it than its first characters.
+        refused: Ruling | None = None
+        if msg.kind is Kind.REQUEST and name is not None and (bound := NAME_LIMITS.get(method or "")):
+            what, limit = bound
+            if len(name) > limit:
+                refused = Ruling.refused(Refusal.INVALID_NAME, f"{what} are at most {limit} characters")
+                name = name[:limit]
+        call = await self._check_call(msg, name, headers, refused) \
+            if method == "tools/call" and msg.kind is Kind.REQUEST else None
         extra: dict[str, Any] = {}
         if call is not None:
-            extra["tool"], name = call.tool, call.tool["name"]  # an over-long name is not copied whole
+            extra["tool"] = call.tool
+            refused = call.refusal
         input = build_input(channel, self._server(channel), self._time(), kind=msg.kind.value,
                             direction=CLIENT_TO_SERVER, method=method, name=name, **extra)
-        if call is not None and call.refusal is not None:
-            ruling = call.refusal
+        if refused is not None:
+            ruling = refused
         else:
+            large = msg.canonical is not None and len(msg.canonical) > LARGE_MESSAGE_BYTES
+            if large:
+                await asyncio.sleep(0)
             ruling = await self._evaluate(input)
-            if call is not None and call.faults is not None and ruling.refusal is None:
-                refusal, reasons = call.faults
+            faults = call.faults if call is not None else None
+            if call is not None and faults is None and call.definition is not None and ruling.refusal is None \
+                    and (ruling.allow or call.tool["name"] in ruling.visible_tools):
+                # The schema is checked where it decides the answer: a tool the policy hides is
+                # unknown whatever its arguments (and checking megabytes of them takes milliseconds).
+                if large:
+                    await asyncio.sleep(0)
+                violations = call.definition.violations(call.tool["arguments"])
+                faults = (Refusal.INVALID_ARGUMENTS, tuple(violations)) if violations else None
+            if faults is not None and ruling.refusal is None:
+                refusal, reasons = faults
                 ruling = dataclasses.replace(
                     ruling, allow=False, reasons=reasons, refusal=refusal,
                     result={**ruling.result, "allow": False, "reasons": list(reasons),
@@ -199,13 +230,15 @@ class Enforcer:
         return None
 
     # --- the proxy's own checks of a tools/call ---
-    async def _check_call(self, msg: Message, name: str | None, headers: Iterable[tuple[str, str]]) -> _Call:
+    async def _check_call(self, msg: Message, name: str | None, headers: Iterable[tuple[str, str]],
+                          refused: Ruling | None) -> _Call:
+        """`name`: the called name, cut to the limit when `refused` (too long) already."""
         arguments = msg.params.get("arguments") or {}  # intake refused anything but an object or null
-        if name is None or not name or len(name) > MAX_NAME_LENGTH:
-            shown = None if name is None else name[:MAX_NAME_LENGTH]
-            reason = ("tools/call needs params.name, a tool name" if not name
-                      else f"tool names are at most {MAX_NAME_LENGTH} characters")
-            return _Call({"name": shown, "arguments": arguments}, Ruling.refused(Refusal.INVALID_NAME, reason))
+        if refused is not None or not name:
+            refused = refused or Ruling.refused(Refusal.INVALID_NAME, "tools/call needs params.name, a tool name")
+            return _Call({"name": name, "arguments": arguments}, refused)
+        # Only a name the upstream declared goes further (a set look-up): the catalog, the schema
+        # check and the policy never see one it did not.
         try:
             definition = await self.inventory.lookup(name)
         except InventoryUnavailable as exc:
@@ -228,9 +261,7 @@ class Enforcer:
                 if mismatch is not None:
                     return _Call(tool, faults=(Refusal.HEADER_MISMATCH, (f"Header mismatch: {mismatch}",)))
             forwarded = tuple((n, v) for n, v in pairs if n in definition.param_headers)
-        violations = definition.violations(arguments)
-        return _Call(tool, faults=(Refusal.INVALID_ARGUMENTS, tuple(violations)) if violations else None,
-                     forward_headers=forwarded)
+        return _Call(tool, definition=definition, forward_headers=forwarded)
 
     # --- outcome → answer: the one mapping, for every transport ---
     def _refusal_verdict(self, channel: Channel, msg: Message, method: str | None, name: str | None,
@@ -250,7 +281,7 @@ class Enforcer:
                 return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.INVALID_PARAMS, f"Unknown tool: {name}"))
             if refusal is Refusal.HEADER_MISMATCH:
                 return Verdict(False, jsonrpc.error_response(msg.id, jsonrpc.HEADER_MISMATCH, reason), status=400)
-            return Verdict(False, tool_error(msg.id, ruling.reasons, channel.protocol_version))
+            return Verdict(False, tool_error(msg.id, ruling.reasons, channel.revision(msg)))
         data = {"reasons": list(ruling.reasons), "decision_id": decision_id}
         forbidden = jsonrpc.error_response(msg.id, jsonrpc.FORBIDDEN, "Forbidden by policy", data)
         if ruling.scope is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -64,7 +65,8 @@ class ToolDefinition:
         try:
             if self.validator.is_valid(arguments):
                 return []
-            errors = list(self.validator.iter_errors(arguments))
+            # Only the errors named in the answer: collecting every one would cost per wrong value.
+            errors = list(itertools.islice(self.validator.iter_errors(arguments), MAX_VIOLATIONS))
         except Exception as exc:  # e.g. text the validator cannot take: not checked, so not valid
             return [f"the arguments cannot be checked against the inputSchema of tool {self.name} "
                     f"({type(exc).__name__})"]

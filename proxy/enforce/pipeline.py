@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from ..auth.principal import ANONYMOUS, Principal
 from ..config import Server
+from ..protocol.headers import META_PROTOCOL_VERSION
 from ..protocol.jsonrpc import Kind, Message
 
 MAX_PENDING = 1024  # unanswered requests remembered per channel
@@ -40,6 +41,24 @@ class Channel:
     watched: dict[Any, str] = field(default_factory=dict)
     # Server→client requests relayed on this channel, so the client's answers can be named.
     server_requests: dict[Any, str] = field(default_factory=dict)
+
+    def revision(self, msg: Message) -> str | None:
+        """The protocol revision `msg` travels in: the one it names itself (a 2026-07-28 request's
+        `params._meta`), else the channel's (the MCP-Protocol-Version header on Streamable HTTP; on
+        legacy SSE, what its initialize negotiated)."""
+        meta = msg.params.get("_meta")
+        version = meta.get(META_PROTOCOL_VERSION) if isinstance(meta, dict) else None
+        return version if isinstance(version, str) else self.protocol_version
+
+    def answered(self, msg: Message) -> None:
+        """A response on its way to the client: its request waits no more, and an initialize
+        result names the revision in force on this channel from now on (legacy SSE has no header
+        saying it)."""
+        if self.watched.pop(msg.id, None) == "initialize":
+            result = msg.data.get("result")
+            version = result.get("protocolVersion") if isinstance(result, dict) else None
+            if isinstance(version, str):
+                self.protocol_version = version
 
     def remember(self, table: dict[Any, str], id: Any, method: str) -> None:
         """Note a request in `table` (watched or server_requests), bounded: on a long-lived stream

@@ -23,8 +23,31 @@ def redact(input: dict[str, Any]) -> dict[str, Any]:
     if not tool or not tool.get("arguments"):
         return input
     arguments = tool["arguments"]
-    hidden = {k: REDACTED for k in arguments} if isinstance(arguments, dict) else REDACTED
+    hidden = dict.fromkeys(arguments, REDACTED) if isinstance(arguments, dict) else REDACTED
     return {**input, "tool": {**tool, "arguments": hidden}}
+
+
+_MAX_DEPTH = 200  # orjson encodes at most 254 levels
+
+
+def encodable(value: Any, depth: int = 0) -> Any:
+    """`value` with what JSON cannot carry written out: text that is not Unicode (lone surrogates)
+    with its surrogates escaped (`\\ud800`), integers beyond 64 bits and other objects as text,
+    containers nested deeper than orjson encodes cut off. Only for an entry orjson refused as is."""
+    kind = value.__class__
+    if kind is str:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8") if not value.isascii() else value
+    if kind is dict or kind is list or kind is tuple:
+        if depth >= _MAX_DEPTH:
+            return "[nested too deeply]"
+        if kind is dict:
+            return {encodable(k if isinstance(k, str) else str(k)): encodable(v, depth + 1) for k, v in value.items()}
+        return [encodable(v, depth + 1) for v in value]
+    if kind is int and not -(2 ** 63) <= value < 2 ** 64:
+        return str(value)
+    if value is None or kind in (bool, int, float):
+        return value
+    return repr(value)
 
 
 class DecisionLog:
@@ -55,9 +78,8 @@ class DecisionLog:
         }
         try:
             line = orjson.dumps(entry)
-        except (TypeError, orjson.JSONEncodeError) as exc:  # still one entry per decision, never a lost one
-            entry["input"] = {"unencodable": f"{type(exc).__name__}: {exc}", "message": input.get("message")}
-            line = orjson.dumps(entry, default=repr)
+        except (TypeError, orjson.JSONEncodeError):  # still one entry per decision, never a lost one
+            line = orjson.dumps(encodable(entry))
         self._buffer.append(line + b"\n")
         if self._timer is None:
             try:

@@ -6,6 +6,12 @@ a version whose catalog no longer knows a method or tag the config in force name
 (proxy/config_words.py).
 Changes are found by polling a fingerprint of the files (path, size, mtime through symlinks), which
 also sees Kubernetes' ConfigMap update: an atomic swap of the `..data` symlink.
+
+Only complete versions are put in force. A change is reloaded once the fingerprint has stayed the
+same for a whole polling interval (a copy or an editor writing file after file, or truncating then
+writing, would otherwise be caught half-way: a Rego file cut at a rule boundary still compiles, with
+rules missing). And a version whose files changed while they were read (a swap in the middle of the
+walk mixes two versions) is read again, never used.
 """
 
 from __future__ import annotations
@@ -28,16 +34,24 @@ from .loader import DATA_FILES, PolicyLoadError, load_bundle
 
 log = logging.getLogger("mcp_policy_proxy.policy")
 
+Fingerprint = tuple[tuple[str, int, int], ...]
+_READS = 3  # attempts at reading a version that does not change meanwhile, per reload
 
-def build_policy_set(config: Policy) -> PolicySet:
-    """The engine and catalog for `config`; PolicyLoadError naming the file if they cannot be built."""
+
+def build_policy_set(config: Policy, in_force: PolicyEngine | None = None) -> PolicySet:
+    """The engine and catalog for `config`; PolicyLoadError naming the file if they cannot be built.
+
+    A remote engine in force (`in_force`) is kept: its settings change only on restart, and a new
+    one per reload would leave the old one's connections to OPA open.
+    """
     remote = config.engine == "opa"
     bundle = load_bundle(config.paths, require_modules=not remote)
     engine: PolicyEngine
     if remote:
         from .opa import OpaEngine
 
-        engine = OpaEngine(config.opa.url, config.query, config.opa.timeout_ms)
+        engine = in_force if isinstance(in_force, OpaEngine) else OpaEngine(config.opa.url, config.query,
+                                                                          config.opa.timeout_ms)
     else:
         engine = EmbeddedEngine(bundle, config.query)
     try:
@@ -48,7 +62,7 @@ def build_policy_set(config: Policy) -> PolicySet:
     return PolicySet(engine, catalog)
 
 
-def fingerprint(paths: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
+def fingerprint(paths: tuple[str, ...]) -> Fingerprint:
     entries = []
     for root in paths:
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -74,20 +88,40 @@ class PolicyManager:
         self.config = config
         self.holder = holder
         self._config_in_force = config_in_force
-        self._fingerprint = fingerprint(config.paths)
+        self._fingerprint: Fingerprint | None = fingerprint(config.paths)  # of the files last read
+        self._polled = self._fingerprint  # what the previous poll saw
+
+    def _read(self) -> tuple[Fingerprint, PolicySet | str] | None:
+        """The policy set the files make (or why they make none), and their fingerprint; None if
+        they kept changing while they were read."""
+        for _ in range(_READS):
+            before = fingerprint(self.config.paths)
+            built: PolicySet | str
+            try:
+                built = build_policy_set(self.config, self.holder.policy.engine)
+                if self._config_in_force is not None:
+                    check_config_words(self._config_in_force(), built.catalog)
+            except PolicyLoadError as exc:
+                built = str(exc)
+            except ConfigError as exc:
+                built = f"its catalog does not know a word the running config uses: {exc}"
+            # Read mid-change, it may be half of one version and half of another: read again.
+            if fingerprint(self.config.paths) == before:
+                return before, built
+        return None
 
     def reload(self) -> bool:
-        """Build the policy set anew; keep the old one if the new one is broken."""
-        self._fingerprint = fingerprint(self.config.paths)
-        try:
-            policy = build_policy_set(self.config)
-            if self._config_in_force is not None:
-                check_config_words(self._config_in_force(), policy.catalog)
-        except (PolicyLoadError, ConfigError) as exc:
-            problem = f"its catalog does not know a word the running config uses: {exc}" \
-                if isinstance(exc, ConfigError) else str(exc)
+        """Build the policy set anew; keep the old one if the new one is broken or would not hold
+        still while it was read."""
+        read = self._read()
+        if read is None:
+            self._fingerprint = None  # the next poll that finds the files settled tries again
+            log.warning("policy files kept changing while they were read; the previous version stays in force")
+            return False
+        self._fingerprint, policy = read
+        if isinstance(policy, str):
             self.holder.metrics.reloads.labels("failure").inc()
-            log.error("policy reload rejected, the previous version stays in force: %s", problem)
+            log.error("policy reload rejected, the previous version stays in force: %s", policy)
             return False
         self.holder.policy = policy
         self.holder.metrics.reloads.labels("success").inc()
@@ -95,11 +129,17 @@ class PolicyManager:
         log.info("policy reloaded: revision %s", policy.engine.revision)
         return True
 
+    def poll(self) -> None:
+        """One look at the files: reload a change once it has held still for a polling interval."""
+        now = fingerprint(self.config.paths)
+        settled, self._polled = now == self._polled, now
+        if settled and now != self._fingerprint:
+            self.reload()
+
     async def watch(self, interval_s: float = 1.0) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            if fingerprint(self.config.paths) != self._fingerprint:
-                self.reload()
+            self.poll()
 
 
 class PolicyHolder(Protocol):

@@ -34,7 +34,11 @@ _NOT_FORWARDED_REQUEST = HOP_BY_HOP | {
 # (check_routing_headers) or rewritten by the proxy (the session id). Mcp-Param-* fields are
 # forwarded only when the called tool declares them and they agree with its arguments.
 FORWARDED_MCP = frozenset({PROTOCOL_VERSION, SESSION_ID, METHOD, NAME})
-_NOT_RELAYED_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding", "server", "date", "set-cookie"}
+# `Location` and `Content-Location` name the upstream's own URLs: relayed, they would point clients
+# past the proxy (redirects themselves are refused: `redirect`).
+_NOT_RELAYED_RESPONSE = HOP_BY_HOP | {
+    "content-length", "content-encoding", "server", "date", "set-cookie", "location", "content-location",
+}
 
 
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
@@ -72,6 +76,19 @@ def client_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[b
     items = [(n.lower(), v) for n, v in upstream]
     drop = _NOT_RELAYED_RESPONSE | _connection_tokens(items)
     return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in items if n not in drop]
+
+
+def redirect(status: int, headers: Iterable[tuple[str, str]]) -> bool:
+    """Whether an upstream answer is a redirect (3xx with `Location`), which the proxy refuses (502).
+
+    The proxy sends every request to its configured URL, whatever URL a client asks it for: a client
+    following a redirect through the proxy would only loop, and one following it to the Location
+    would bypass the proxy and its policy. So no redirect is relayed, not even one to the upstream
+    URL itself (nginx's `proxy_redirect default` would rewrite that one to the proxy's path); the
+    operator sets `upstream.url` to where the upstream redirects. A 3xx without `Location` (304) is
+    no redirect.
+    """
+    return 300 <= status < 400 and any(name == "location" for name, _ in headers)
 
 
 def decode_header_value(value: str) -> str | None:

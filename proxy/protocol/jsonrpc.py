@@ -8,6 +8,7 @@ cannot be shown a message the policy never saw.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -25,6 +26,16 @@ HEADER_MISMATCH = -32020
 # How deeply a client message may nest (objects and arrays): far beyond any tool's arguments, and
 # well within what the policy engine, the schema validator and the decision log can take.
 MAX_DEPTH = 64
+# How many JSON values (objects, arrays, strings, numbers, literals, at any depth) one client message
+# may hold. Deciding costs about a microsecond per value here (parsing, the policy engine's input,
+# the schema validator, the decision log), all of it on the event loop: 10,000 values keep the worst
+# message to ~10 ms, so one client cannot stall every other. A model writes far fewer values into
+# one tool call (each costs it at least a token); long strings cost little and stay allowed.
+MAX_VALUES = 10_000
+# From this revision on every result carries `resultType` (2026-07-28: required; the SDK's clients
+# refuse a result without one).
+RESULT_TYPE_REVISION = "2026-07-28"
+_REVISION = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class Kind(StrEnum):
@@ -97,23 +108,19 @@ def case_twins(obj: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"{text} is beyond the range of a number")  # it would be re-encoded as null
-    return value
-
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_decoder = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant,
-                            parse_float=_finite)
+# parse_float stays the C float (a Python hook would cost a call per number): a number beyond the
+# range of a double (1e400, read as infinity) is refused by the walk in parse_client_body instead.
+_decoder = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+_INFINITIES = (float("inf"), float("-inf"))
 
 
 def loads_strict(body: bytes) -> Any:
-    """Parse UTF-8 JSON, refusing duplicate keys, NaN/Infinity and trailing data."""
+    """Parse UTF-8 JSON, refusing duplicate keys, NaN/Infinity and trailing data (numbers beyond the
+    range of a double are read as infinities: parse_client_body refuses them)."""
     try:
         text = body.decode("utf-8")
         if text.startswith("\ufeff"):
@@ -185,7 +192,37 @@ def to_message(obj: Any) -> Message:
 
 
 def _safe_id(value: Any) -> Any:
-    return value if _valid_id(value) else None
+    """The id to answer a refused message with: None unless it is a valid id that can be encoded
+    (not an integer beyond 64 bits, not a lone surrogate), so the answer itself never fails."""
+    if not _valid_id(value):
+        return None
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return None
+    return value
+
+
+# A JSON string (skipped whole), or a comma or opening bracket outside strings.
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[,\[{]')
+
+
+def more_values_than(body: bytes, limit: int) -> bool:
+    """Whether `body`, if it is JSON, holds more than `limit` values — found without parsing it,
+    stopping as soon as it is certain: a value follows each comma outside strings, and each opening
+    bracket is one. (For a body that is no JSON the answer means nothing: parsing refuses it.)"""
+    commas = opens = 0
+    for match in _TOKEN.finditer(body):
+        token = match.group()
+        if token == b",":
+            commas += 1
+        elif token in (b"[", b"{"):
+            opens += 1
+        else:
+            continue
+        if commas >= limit or opens > limit:
+            return True
+    return False
 
 
 def parse_client_body(body: bytes) -> Message:
@@ -205,24 +242,66 @@ def parse_client_body(body: bytes) -> Message:
         if arguments is not None and not isinstance(arguments, dict):
             # What the policy would decide on ({}) is not what the upstream would be sent.
             raise ProtocolError(INVALID_PARAMS, 'Invalid params: "arguments" must be an object', id=_safe_id(msg.id))
-    if _deeper_than(obj, MAX_DEPTH):
-        raise ProtocolError(PARSE_ERROR, f"Parse error: nested more than {MAX_DEPTH} levels deep")
+    try:
+        values = _values(obj, MAX_DEPTH)
+    except _TooDeep:
+        raise ProtocolError(PARSE_ERROR, f"Parse error: nested more than {MAX_DEPTH} levels deep") from None
+    except _Infinite:
+        raise ProtocolError(PARSE_ERROR, "Parse error: a number is beyond the range of a double") from None
+    if values > MAX_VALUES:
+        raise too_many_values()
     # Encoded now, before any decision: what cannot be re-encoded (lone surrogates, integers beyond
     # 64 bits) is refused up front, and what is decided is what is sent.
     msg.canonical = encode(obj)
     return msg
 
 
-def _deeper_than(node: dict[str, Any] | list[Any], budget: int) -> bool:
-    """Whether containers nest more than `budget` levels below and including `node` (recursion is
-    bounded: the JSON decoder already refused what Python's stack cannot hold)."""
-    budget -= 1
-    if budget < 0:
-        return True
-    for child in node.values() if isinstance(node, dict) else node:
-        if (child.__class__ is dict or child.__class__ is list) and _deeper_than(child, budget):
-            return True
-    return False
+def too_many_values() -> ProtocolError:
+    return ProtocolError(INVALID_REQUEST, f"Request holds more than {MAX_VALUES} JSON values", status=413)
+
+
+def check_client_body(body: bytes) -> tuple[int, str, int, Any] | None:
+    """parse_client_body's verdict as plain data (what a worker process can send back): None when
+    the body is one message the proxy can take, else (code, message, status, id) of its refusal.
+    A body of too many values is refused as soon as that is certain, before it is parsed."""
+    try:
+        if more_values_than(body, MAX_VALUES):
+            raise too_many_values()
+        parse_client_body(body)
+    except ProtocolError as exc:
+        return exc.code, exc.message, exc.status, exc.id
+    return None
+
+
+class _TooDeep(Exception):
+    pass
+
+
+class _Infinite(Exception):
+    pass
+
+
+def _values(node: dict[str, Any] | list[Any], budget: int) -> int:
+    """How many values `node` holds (itself included), in one walk that also refuses nesting deeper
+    than `budget` levels (_TooDeep) and infinities (_Infinite). Recursion is bounded: the JSON
+    decoder already refused what Python's stack cannot hold."""
+    if budget <= 0:
+        raise _TooDeep
+    children: Any = node.values() if node.__class__ is dict else node
+    count = 1 + len(children)
+    for child in children:
+        kind = child.__class__
+        if kind is dict or kind is list:
+            count += _values(child, budget - 1) - 1
+        elif kind is float and child in _INFINITIES:
+            raise _Infinite
+    return count
+
+
+def result_type_needed(revision: str | None) -> bool:
+    """Whether results in `revision` must carry `resultType` (the one rule, for every result the
+    proxy makes itself)."""
+    return revision is not None and _REVISION.fullmatch(revision) is not None and revision >= RESULT_TYPE_REVISION
 
 
 class UndecidableAnswer(Exception):

@@ -13,6 +13,7 @@ from typing import Any
 from ..enforce.pipeline import Verdict
 from ..protocol import jsonrpc
 from ..protocol.jsonrpc import ProtocolError
+from .admission import Refusal
 from .relay import JSON_HEADER, BodyResponse
 from .upstream import UpstreamError
 
@@ -45,4 +46,47 @@ def protocol_failure(exc: ProtocolError) -> Answer:
 
 
 def upstream_failure(exc: UpstreamError, request_id: Any) -> Answer:
-    return Answer(exc.status, jsonrpc.error_response(request_id, jsonrpc.INTERNAL_ERROR, exc.message))
+    """(`Retry-After` with the 503 of the upstream connection limit.)"""
+    return Answer(exc.status, jsonrpc.error_response(request_id, jsonrpc.INTERNAL_ERROR, exc.message), exc.headers)
+
+
+# Seconds a refused client waits before trying again: a stream slot frees when some stream ends;
+# a draining worker's replacement (or another replica) is ready at once.
+LIMIT_RETRY_AFTER_S = 5
+DRAIN_RETRY_AFTER_S = 1
+
+
+def limit_reached(refusal: Refusal, request_id: Any = None) -> Answer:
+    """A stream cap is reached: 429 for the principal's own, 503 for the worker's. Refused before
+    anything was forwarded."""
+    whose = "this client's" if refusal.status == 429 else "this proxy worker's"
+    message = f"Too many open streams: {whose} limit is reached ({refusal.limit}); retry later"
+    error = jsonrpc.error_response(request_id, jsonrpc.INTERNAL_ERROR, message, {"limit": refusal.limit})
+    return Answer(refusal.status, error, (("retry-after", str(LIMIT_RETRY_AFTER_S)),))
+
+
+def draining() -> Answer:
+    """A request that arrives while the worker shuts down: not forwarded; the client retries elsewhere."""
+    return Answer(503, jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "The proxy is shutting down; retry"),
+                  (("retry-after", str(DRAIN_RETRY_AFTER_S)), ("connection", "close")))
+
+
+def cut_at_shutdown() -> Answer:
+    """A request still waiting for its answer when the shutdown grace period ends. It may have
+    been carried out upstream: no Retry-After."""
+    message = "The proxy shut down before the upstream answered; the request may have been carried out"
+    return Answer(503, jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, message), (("connection", "close"),))
+
+
+def client_too_slow(limit: str) -> Answer:
+    """408 (`limit`: limits.client_header_timeout_s or limits.client_body_timeout_s); the connection closes."""
+    what = "request head" if limit == "limits.client_header_timeout_s" else "request body"
+    error = jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, f"The {what} did not arrive in time ({limit})",
+                                   {"limit": limit})
+    return Answer(408, error)
+
+
+def header_too_large(max_bytes: int) -> Answer:
+    return Answer(431, jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST,
+                                              f"Request header fields exceed {max_bytes} bytes",
+                                              {"limit": "limits.max_header_bytes"}))

@@ -1,4 +1,5 @@
-"""What every request handler shares in one worker: config, pipeline, upstream client, sessions."""
+"""What every request handler shares in one worker: config, pipeline, upstream client, sessions,
+stream admission, and what ends streams (revocation, the drain at shutdown)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
+from ..auth.resource import metadata_url
 from ..auth.sessions import SessionBinder
 from ..config import Config
 from ..enforce.pipeline import Pipeline
+from .admission import Admission
 from .upstream import UpstreamClient
 
 if TYPE_CHECKING:
@@ -24,17 +27,42 @@ class ProxyContext:
     pipeline: Pipeline
     upstream: UpstreamClient
     sessions: SessionBinder
+    admission: Admission
     legacy_sessions: dict[str, LegacySession] = field(default_factory=dict)
     # Per server: set when a config reload revokes it, ending its open streams.
     revocations: dict[str, asyncio.Event] = field(default_factory=dict)
+    # Set when the worker begins to shut down: new requests are refused, long-lived streams end.
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
+    # Per server: set on revocation or at the drain, ending its GET streams. (A POST's stream ends
+    # by itself once answered, so the drain lets it finish; a legacy session ends at the drain once
+    # its requests are answered.)
+    stream_ends: dict[str, asyncio.Event] = field(default_factory=dict)
 
     def revocation(self, server: str) -> asyncio.Event:
         return self.revocations.setdefault(server, asyncio.Event())
 
+    def stream_end(self, server: str) -> asyncio.Event:
+        """What ends a server's long-lived stream: revocation, or the drain (already begun: set)."""
+        if self.draining.is_set():
+            return self.draining
+        return self.stream_ends.setdefault(server, asyncio.Event())
+
     def revoke(self, server: str) -> None:
-        event = self.revocations.pop(server, None)
-        if event is not None:
+        for events in (self.revocations, self.stream_ends):
+            event = events.pop(server, None)
+            if event is not None:
+                event.set()
+
+    def drain(self) -> None:
+        """Shutdown begins (SIGTERM): refuse new requests, end long-lived streams. Idempotent."""
+        if self.draining.is_set():
+            return
+        self.draining.set()
+        for event in self.stream_ends.values():
             event.set()
+        self.stream_ends.clear()
+        for session in list(self.legacy_sessions.values()):
+            session.drain()
 
     def base_url(self, request: Request) -> str:
         """The proxy's origin as clients know it: public_url's, else the request's."""
@@ -44,5 +72,6 @@ class ProxyContext:
         return f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
 
     def scope_challenge(self, request: Request, scope: str, endpoint: str) -> dict[str, str]:
-        url = f"{self.base_url(request)}/.well-known/oauth-protected-resource{endpoint}"
-        return {"www-authenticate": f'Bearer error="insufficient_scope", scope="{scope}", resource_metadata="{url}"'}
+        url = metadata_url(self.config, self.base_url(request), endpoint, request.scope["path"])
+        pointer = f', resource_metadata="{url}"' if url else ""
+        return {"www-authenticate": f'Bearer error="insufficient_scope", scope="{scope}"{pointer}'}

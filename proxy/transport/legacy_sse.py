@@ -3,12 +3,15 @@
 The upstream's `endpoint` event is rewritten so the client posts back through the proxy, under a
 session id of the proxy's own. Each session keeps an outgoing queue merging the upstream's events
 with messages the proxy writes itself (denials, errors), because on this transport every answer
-travels on the GET stream, correlated by JSON-RPC id.
+travels on the GET stream, correlated by JSON-RPC id. A session holds a stream slot (and a legacy
+session slot) for its life (streams.py); at the drain it ends once the requests posted to it are
+answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -24,10 +27,12 @@ from ..protocol import jsonrpc
 from ..protocol.headers import client_response_headers, upstream_request_headers
 from ..protocol.jsonrpc import INVALID_REQUEST, ProtocolError
 from ..protocol.sse import Event, encode_event
+from ..protocol.urls import normalize_url
 from . import answers
 from .context import ProxyContext
 from .intake import admit
 from .relay import SSE_TYPE, BodyResponse, StreamResponse, relay, relay_sse, typed
+from .streams import forward
 from .upstream import UpstreamError
 
 log = logging.getLogger("mcp_policy_proxy.legacy_sse")
@@ -43,6 +48,19 @@ class LegacySession:
     # Bounded, so a client that reads slowly slows the upstream instead of filling memory.
     outgoing: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(maxsize=64))
     newline: bytes = b"\n"
+    draining: bool = False
+
+    def drain(self) -> None:
+        """Shutdown begins: end the stream once no request posted to it waits for its answer
+        (the answer travels on this stream), at once when none does."""
+        self.draining = True
+        if not self.channel.watched:
+            with contextlib.suppress(asyncio.QueueFull):  # full: the stream ends after what is queued
+                self.outgoing.put_nowait(_END)
+
+    @property
+    def drained(self) -> bool:
+        return self.draining and not self.channel.watched
 
     async def inject(self, message: dict[str, Any]) -> None:
         """Put a message of the proxy's own into the client's stream."""
@@ -57,7 +75,7 @@ class LegacySession:
         if answer.answers_request:
             assert answer.message is not None
             await self.inject(answer.message)
-            if not answer.headers:
+            if not any(name == "www-authenticate" for name, _ in answer.headers):  # Retry-After is no challenge
                 return BodyResponse(202, [(b"content-type", b"text/plain")], b"Accepted")
         elif answer.status == 200:
             return BodyResponse(202, [(b"content-type", b"text/plain")], b"Accepted")
@@ -77,10 +95,17 @@ async def open_stream(ctx: ProxyContext, request: Request, access: Access) -> An
         return BodyResponse(404, [], b"Legacy SSE is not configured (upstream.sse_url)")
     channel = Channel("legacy_sse", access.server, "GET", None, request.headers.get("origin"), access.principal)
     headers = upstream_request_headers(request.headers.items(), ctx.upstream.headers)
-    try:
-        resp = await ctx.upstream.send("GET", sse_url, headers)
+    try:  # a session is a stream: its slot is taken before the upstream opens one
+        relayed = await forward(ctx, access, lambda: _open_session(ctx, request, access, channel, sse_url, headers),
+                                may_stream=True, legacy=True)
     except UpstreamError as exc:
         return answers.upstream_failure(exc, None).response()
+    return relayed.response() if isinstance(relayed, answers.Answer) else relayed
+
+
+async def _open_session(ctx: ProxyContext, request: Request, access: Access, channel: Channel, sse_url: str,
+                        headers: dict[str, str]) -> BodyResponse | StreamResponse:
+    resp = await ctx.upstream.send("GET", sse_url, headers)
     limits = ctx.config.limits
     if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
         return await relay(channel, ctx.pipeline, resp, max_event_bytes=limits.max_sse_event_bytes,
@@ -92,7 +117,11 @@ async def open_stream(ctx: ProxyContext, request: Request, access: Access) -> An
     async def on_event(ev: Event) -> bytes | None:
         if ev.event != "endpoint":
             return None
-        target = urljoin(sse_url, ev.data.strip())
+        try:  # percent-encoded once, as the config's URLs are; what cannot be sent is dropped
+            target = normalize_url(urljoin(sse_url, ev.data.strip()))
+        except ValueError:
+            log.warning("dropped an upstream endpoint event whose URL cannot be sent")
+            return b""
         if not _same_origin(target, sse_url):
             log.warning("dropped an upstream endpoint event pointing to another origin")
             return b""
@@ -109,10 +138,14 @@ async def open_stream(ctx: ProxyContext, request: Request, access: Access) -> An
 
     async def stream() -> AsyncIterator[bytes]:
         ctx.legacy_sessions[session.id] = session
+        if ctx.draining.is_set():  # the drain began while the session was being opened
+            session.drain()
         task = asyncio.ensure_future(pump())
         try:
             while (chunk := await session.outgoing.get()) is not _END:
                 yield chunk
+                if session.drained:  # the last answer it waited for is out
+                    break
         finally:
             ctx.legacy_sessions.pop(session.id, None)
             task.cancel()
@@ -144,10 +177,16 @@ async def post_message(ctx: ProxyContext, request: Request, access: Access) -> A
         return await session.deliver(answers.refusal(verdict, challenge))
     headers = upstream_request_headers(request.headers.items(), ctx.upstream.headers)
     headers.update(verdict.headers)
-    try:
-        resp = await ctx.upstream.send("POST", session.upstream_url, headers, msg.encode())
-        return await relay(session.channel, ctx.pipeline, resp,
-                           max_event_bytes=ctx.config.limits.max_sse_event_bytes,
+    upstream_url = session.upstream_url
+
+    async def exchange() -> BodyResponse | StreamResponse:
+        resp = await ctx.upstream.send("POST", upstream_url, headers, msg.encode())
+        return await relay(session.channel, ctx.pipeline, resp, max_event_bytes=ctx.config.limits.max_sse_event_bytes,
                            timeout_s=ctx.config.upstream.timeout_s)
+
+    try:  # this transport's answers travel on the session's stream: the POST's own is no stream
+        relayed = await forward(ctx, access, exchange, may_stream=False, request_id=msg.id)
     except UpstreamError as exc:
+        session.channel.watched.pop(msg.id, None)  # answered here: nothing more to wait for
         return await session.deliver(answers.upstream_failure(exc, msg.id))
+    return await session.deliver(relayed) if isinstance(relayed, answers.Answer) else relayed

@@ -47,14 +47,16 @@ class BodyResponse:
 class StreamResponse:
     """Streams chunks as they come. A client disconnect cancels the source (closing the upstream);
     so do `end_at` (epoch seconds: when the server or the credential expires) and `ended` (set
-    when a config reload revokes the server), which end the stream cleanly for the client."""
+    when a config reload revokes the server), which end the stream cleanly for the client.
+    `on_end` is called once the stream has ended, however it ended (its stream slot is released)."""
 
-    __slots__ = ("chunks", "end_at", "ended", "headers", "status")
+    __slots__ = ("chunks", "end_at", "ended", "headers", "on_end", "status")
 
     def __init__(self, status: int, headers: RawHeaders, chunks: AsyncIterator[bytes]) -> None:
         self.status, self.headers, self.chunks = status, headers, chunks
         self.end_at: float | None = None
         self.ended: asyncio.Event | None = None
+        self.on_end: Callable[[], None] | None = None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         started = False
@@ -83,12 +85,16 @@ class StreamResponse:
         try:
             first, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            aclose = getattr(self.chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            try:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                aclose = getattr(self.chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            finally:  # even when this clean-up is itself cancelled
+                if self.on_end is not None:
+                    self.on_end()
         if first == {tasks[2]} and started:
             await send({"type": "http.response.body", "body": b""})  # expired or revoked: end cleanly
         if tasks[0].done() and not tasks[0].cancelled() and (exc := tasks[0].exception()) is not None:
@@ -166,7 +172,7 @@ async def decide(channel: Channel, pipeline: Pipeline, data: bytes | str, *, ans
         return (None if answers_request else b""), False
     replacement = await pipeline.server_message(channel, msg)
     if msg.kind is Kind.RESPONSE and channel.watched:
-        channel.watched.pop(msg.id, None)
+        channel.answered(msg)
     decided = msg if replacement is None else replacement
     if decided is DROP:
         return b"", False

@@ -21,6 +21,7 @@ from . import answers
 from .context import ProxyContext
 from .intake import admit
 from .relay import BodyResponse, StreamResponse, relay
+from .streams import forward
 from .upstream import UpstreamError
 
 _ALLOWED = "GET, POST, DELETE"
@@ -58,15 +59,23 @@ async def handle(ctx: ProxyContext, request: Request, access: Access) -> Any:
     headers.update(forwarded)
     if upstream_session is not None:
         headers[SESSION_ID] = upstream_session
-    try:
+
+    async def exchange() -> BodyResponse | StreamResponse:
         resp = await ctx.upstream.send(request.method, ctx.config.upstream.url, headers, body)
         response = await relay(channel, ctx.pipeline, resp, max_event_bytes=ctx.config.limits.max_sse_event_bytes,
                                timeout_s=ctx.config.upstream.timeout_s)
+        response.headers = [(n, ctx.sessions.wrap(identity, server_name, v.decode("latin-1")).encode("latin-1"))
+                            if n == b"mcp-session-id" else (n, v) for n, v in response.headers]
+        if isinstance(response, StreamResponse):
+            response.end_at = access.valid_until
+            # A GET stream ends at the drain too; a POST's ends by itself once answered.
+            response.ended = ctx.stream_end(server_name) if body is None else ctx.revocation(server_name)
+        return response
+
+    # Only a request's answer or a GET may be a stream (a notification's or response's is a 202).
+    may_stream = request.method == "GET" or channel.request_id is not None
+    try:
+        relayed = await forward(ctx, access, exchange, may_stream=may_stream, request_id=channel.request_id)
     except UpstreamError as exc:
         return answers.upstream_failure(exc, channel.request_id).response()
-    response.headers = [(n, ctx.sessions.wrap(identity, server_name, v.decode("latin-1")).encode("latin-1"))
-                        if n == b"mcp-session-id" else (n, v) for n, v in response.headers]
-    if isinstance(response, StreamResponse):
-        response.end_at = access.valid_until
-        response.ended = ctx.revocation(access.server.name)
-    return response
+    return relayed.response() if isinstance(relayed, answers.Answer) else relayed

@@ -89,7 +89,7 @@ async def test_require_api_token_auth_needs_a_bearer_too(stack):
         r = await http.post(url, json=INIT, headers=HEADERS)
         assert r.status_code == 401
         assert r.headers["www-authenticate"] == (
-            f'Bearer resource_metadata="{proxy.base}/.well-known/oauth-protected-resource/mcp", '
+            f'Bearer resource_metadata="{proxy.base}/.well-known/oauth-protected-resource", '  # the root: no token
             'error="invalid_token", error_description="This server requires a bearer token as well as its URL"')
         for wrong in (secret(), "not-a-token", "a.b.c"):
             r = await http.post(url, json=INIT, headers={**HEADERS, **bearer(wrong)})

@@ -99,7 +99,7 @@ async def test_bad_tokens_get_401_with_a_challenge(stack, keys):
                                 headers={**HEADERS, "authorization": f"Bearer {token}"})
             assert r.status_code == 401, name
             assert r.headers["www-authenticate"].startswith(
-                f'Bearer resource_metadata="{public_url}/.well-known/oauth-protected-resource/mcp", '
+                f'Bearer resource_metadata="{public_url}/.well-known/oauth-protected-resource", '  # the root: no token
                 'error="invalid_token"'), name
             assert token not in r.text
 

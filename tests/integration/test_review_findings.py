@@ -136,6 +136,7 @@ async def test_a_legacy_sse_charset_cannot_make_a_python_client_read_an_undecide
     from proxy.auth.principal import ANONYMOUS
     from proxy.config import Limits
     from proxy.transport import legacy_sse
+    from proxy.transport.admission import Admission
 
     page = _j({"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": HIDDEN, "inputSchema": {"type": "object"}}]}})
     stream = b"event: endpoint\ndata: /messages/?session_id=up-1\n\n:x+AAo-data: " + page.encode() + b"+AAoACg-\n\n"
@@ -147,7 +148,8 @@ async def test_a_legacy_sse_charset_cannot_make_a_python_client_read_an_undecide
     upstream.send = send
     config = SimpleNamespace(upstream=SimpleNamespace(sse_url="http://upstream/sse", timeout_s=5), limits=Limits())
     ctx = SimpleNamespace(config=config, upstream=upstream, pipeline=_enforcer(), legacy_sessions={},
-                          revocation=lambda name: _asyncio.Event())
+                          revocation=lambda name: _asyncio.Event(), admission=Admission(Limits()),
+                          draining=_asyncio.Event())
     request = _post_request(b"")
     request.scope["method"], request.scope["path"] = "GET", "/sse"
     response = await legacy_sse.open_stream(ctx, request, Access(READ, ANONYMOUS))

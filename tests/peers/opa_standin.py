@@ -16,7 +16,9 @@ Decisions come from regorus (the embedded engine's interpreter), not from OPA's 
 timeouts, connection reuse), not OPA's Rego semantics.
 
 `--mode` simulates faults: `ok` (default), `slow` (sleeps 2 s, then answers), `garbage` (200 with a
-JSON content type over a body that is not JSON), `error500`, `undefined` (200 `{}`).
+JSON content type over a body that is not JSON), `error500`, `undefined` (200 `{}`). A test switches
+the mode of a running stand-in with `PUT /standin/mode` (body: the mode's name; not OPA's API), which
+spares it a restart per mode.
 
     python -m tests.peers.opa_standin --port 8181 --policies policies/ [--mode ok]
 """
@@ -64,11 +66,20 @@ def _truthy(request: web.Request, name: str) -> bool:
 def make_app(policies: Path, mode: str = "ok", bundle_revision: str | None = None) -> web.Application:
     base = load_engine(policies)  # never given an input: cloned for requests without one
     engine = base.clone()
+    state = {"mode": mode}
+
+    async def set_mode(request: web.Request) -> web.Response:
+        wanted = (await request.text()).strip()
+        if wanted not in MODES:
+            return _json({"code": "invalid_parameter", "message": f"mode must be one of {MODES}"}, 400)
+        state["mode"] = wanted
+        return _json({"mode": wanted})
 
     async def health(request: web.Request) -> web.Response:
         return _json({})
 
     async def data(request: web.Request) -> web.Response:
+        mode = state["mode"]
         if mode == "slow":
             await asyncio.sleep(SLOW_S)
         elif mode == "garbage":
@@ -110,6 +121,7 @@ def make_app(policies: Path, mode: str = "ok", bundle_revision: str | None = Non
 
     app = web.Application()
     app.router.add_get("/health", health)
+    app.router.add_put("/standin/mode", set_mode)
     app.router.add_post("/v1/data", data)
     app.router.add_post("/v1/data/{path:.*}", data)
     return app

@@ -10,7 +10,15 @@ Modes:
 - ``legacy-sse``     2024-11-05 HTTP+SSE: ``GET /sse`` then ``POST /messages/?session_id=…``.
 
 Set ``MCP_RECORD_FILE=/path`` to append one JSON line per incoming HTTP request
-(``method``, ``path``, ``query``, ``headers`` (lowercase names), ``body`` as text, ``ts``).
+(``method``, ``path``, ``query``, ``headers`` (lowercase names), ``body`` as text, ``ts``, and
+``client_port``: the peer's port, which tells the connections that carried the requests apart).
+
+Set ``MCP_TALLY_FILE=/path`` to add a ``tally`` tool (absent otherwise: tests pin the tool list),
+which appends one JSON line per execution (``{"pid": …, "key": …}``); the file outlives a restart,
+so a test can count how often a call was executed, whichever server process executed it.
+
+``--reuse-port`` binds with ``SO_REUSEPORT``: a second server can listen on the port of a first
+one before the first is killed, so a request the proxy sent twice would reach the second.
 
 What the 2.3.0 server does with the modern (2026-07-28) ``server/discover`` probe:
 
@@ -42,6 +50,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import time
 import zlib
 from typing import Annotated, Any
@@ -82,6 +91,19 @@ def build_server() -> MCPServer:
             await asyncio.sleep(delay)
             await ctx.report_progress(i, steps, f"step {i}/{steps}")
         return "done"
+
+    if tally_file := os.environ.get("MCP_TALLY_FILE"):  # only then: other tests pin the tool list
+        tallies: dict[str, int] = {}
+
+        @mcp.tool()
+        async def tally(key: str, delay: float = 0.0) -> int:
+            """Count one execution under `key` (in MCP_TALLY_FILE too), then wait `delay` seconds;
+            answer how often this process has executed `key`."""
+            tallies[key] = tallies.get(key, 0) + 1
+            with open(tally_file, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"pid": os.getpid(), "key": key}) + "\n")
+            await asyncio.sleep(delay)
+            return tallies[key]
 
     @mcp.tool()
     async def sleep(seconds: float) -> str:
@@ -143,6 +165,7 @@ class RecordingMiddleware:
             "query": scope.get("query_string", b"").decode("latin-1"),
             "headers": _headers_dict(scope["headers"]),
             "body": body.decode("utf-8", errors="replace"),
+            "client_port": (scope.get("client") or (None, None))[1],
         }
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -204,7 +227,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT")
     args = parser.parse_args(argv)
+    if args.reuse_port:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((args.host, args.port))
+        config = uvicorn.Config(build_app(args.mode), log_level=args.log_level, timeout_graceful_shutdown=1)
+        uvicorn.Server(config).run(sockets=[sock])
+        return
     uvicorn.run(
         build_app(args.mode),
         host=args.host,

@@ -154,3 +154,56 @@ def test_a_policy_reload_whose_catalog_drops_a_word_the_config_uses_is_rejected(
     overrides.write_text("tools:\n  create_a_missive_post: {tags: [posts, notes, memos]}\n")
     assert manager.reload() is True and holder.policy is not first
     assert holder.policy.catalog.classify("create_a_missive_post").tags == ("posts", "notes", "memos")
+
+
+def _reference_tags(catalog: Catalog, name: str) -> tuple[str, ...]:
+    """The rule matching as first written (a scan of every rule over every position)."""
+    words = name.lower().replace("-", "_").split("_")
+    free = [True] * len(words)
+    tags: list[str] = []
+    for word, rule_tags in catalog._rules:
+        parts = word.split("_")
+        n = len(parts)
+        for i in range(len(words) - n + 1):
+            window = words[i:i + n]
+            if all(free[i:i + n]) and window[:-1] == parts[:-1] and window[-1] in (parts[-1], parts[-1] + "s"):
+                free[i:i + n] = [False] * n
+                tags.extend(t for t in rule_tags if t not in tags)
+    return tuple(tags)
+
+
+def test_tag_rules_match_as_the_rule_by_rule_scan_did():
+    import random
+
+    catalog = Catalog({"tag_rules": [
+        {"word": "conversation", "tags": ["conversations"]}, {"word": "message", "tags": ["messages"]},
+        {"word": "shared_label", "tags": ["shared_labels"]}, {"word": "label", "tags": ["labels"]},
+        {"word": "shared", "tags": ["sharing"]}, {"word": "a_b_c", "tags": ["abc"]}, {"word": "b", "tags": ["b"]},
+        {"word": "s", "tags": ["s"]}, {"word": "", "tags": ["empty"]}, {"word": "label_s", "tags": ["odd"]}]})
+    vocabulary = ["conversation", "conversations", "message", "shared", "label", "labels", "a", "b", "bs", "c",
+                  "cs", "s", "ss", "", "Label", "x"]
+    rng = random.Random(7)
+    for _ in range(3000):
+        name = rng.choice("_-").join(rng.choice(vocabulary) for _ in range(rng.randint(1, 7)))
+        assert catalog._tags_from_rules(name) == _reference_tags(catalog, name), name
+
+
+def test_tag_rules_cost_linear_time_in_the_name():
+    """A 2 MiB name took the rule-by-rule scan 4-7 s (the event loop blocked); now a look-up per word."""
+    import time
+
+    catalog = Catalog({"tag_rules": [{"word": f"w{i}_x", "tags": [f"t{i}"]} for i in range(50)]})
+    start = time.perf_counter()
+    assert catalog.classify("x_" * 10**6).tags == ()
+    assert time.perf_counter() - start < 2.0
+
+
+def test_the_classification_cache_is_bounded_in_characters(monkeypatch):
+    import proxy.enforce.catalog as catalog_module
+
+    monkeypatch.setattr(catalog_module, "MAX_CACHED_CHARS", 1000)
+    catalog = Catalog()
+    for i in range(20):
+        catalog.classify(f"{i:03d}" + "n" * 97)  # 100 characters each
+    assert len(catalog._cache) == 10 and catalog._cached_chars == 1000
+    assert catalog.classify("019" + "n" * 97).method == "019" + "n" * 97  # still classified, just not kept

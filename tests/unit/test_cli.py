@@ -73,7 +73,7 @@ def test_paths_and_token_redaction():
     assert route(f"/{token}/mcp") == ("mcp", token) and route(f"/mcp/{token}") == ("mcp", token)
     assert route(f"/{token}/messages/") == ("messages", token) and route("/healthz") is None
     assert route("/a/b/mcp") is None and route("/sse/x") is None
-    assert redact_path(f"/{token}/messages/?session_id=ab") == "/[redacted]/messages/?session_id=ab"
+    assert redact_path(f"/{token}/messages/?session_id=ab") == "/[redacted]/messages/?session_id=[redacted]"
     assert redact_path(f"/mcp/{token}") == "/mcp/[redacted]" and redact_path("/mcp") == "/mcp"
     assert redact_path(f"/.well-known/oauth-protected-resource/{token}/mcp") == \
         "/.well-known/oauth-protected-resource/[redacted]/mcp"

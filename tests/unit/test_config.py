@@ -102,3 +102,11 @@ def test_a_long_list_of_known_words_is_cut_short():
     assert message.startswith("unknown tag 'tagg01' (did you mean 'tag01'?); known: tag00, tag01, ")
     assert message.endswith(", tag23, …") and "tag24" not in message
     assert unknown_word("tag", "x", ()) == "unknown tag 'x'; known: (none)"
+
+
+def test_invalid_yaml_names_the_place_but_never_quotes_the_line(tmp_path):
+    path = tmp_path / "proxy.yaml"
+    path.write_text("upstream:\n  url: http://127.0.0.1:9/mcp\nauth:\n  url_token_key: S3CRET-KEY-VALUE: bad\n")
+    with pytest.raises(ConfigError) as err:
+        load(str(path))
+    assert "line 4" in str(err.value) and "S3CRET" not in str(err.value)

@@ -355,3 +355,64 @@ async def test_answers_to_tools_list_teach_the_inventory_their_schemas():
     await e.server_message(listing, page)
     v = await e.client_message(Channel("streamable_http", SUPPORT), call("create_a_missive_draft", {"send": 1}))
     assert v.reply["result"]["isError"]
+
+
+@pytest.mark.parametrize(("method", "params", "message"), [
+    ("prompts/get", {"name": "p" * 129}, "Invalid params: prompt names are at most 128 characters"),
+    ("resources/read", {"uri": "file:///" + "u" * 8192}, "Invalid params: resource URIs are at most 8192 characters"),
+    ("tools/call", {"name": "x_" * 10**6}, "Invalid params: tool names are at most 128 characters"),
+])
+async def test_names_beyond_their_bound_are_refused_before_anything_looks_at_them(method, params, message):
+    e, log = draft_enforcer()
+    looked_up: list[str] = []
+    real_lookup = e.inventory.lookup
+
+    async def lookup(name: str):
+        looked_up.append(name)
+        return await real_lookup(name)
+
+    e.inventory.lookup = lookup  # type: ignore[method-assign]
+    v = await e.client_message(Channel("streamable_http", SUPPORT), request(method, params))
+    assert v.reply["error"] == {"code": -32602, "message": message}
+    [entry] = log.entries
+    assert entry["result"]["refused_by_proxy"] == "invalid_name"
+    assert len(entry["input"]["message"]["name"]) <= 8192 and looked_up == []
+    ok = {"prompts/get": {"name": "p" * 128}, "resources/read": {"uri": "u" * 8192}}.get(method)
+    if ok is not None:  # at the bound: decided by the policy as ever
+        await e.client_message(Channel("streamable_http", SUPPORT), request(method, ok))
+        assert log.entries[-1]["result"].get("refused_by_proxy") != "invalid_name"
+
+
+async def test_the_catalog_only_ever_sees_declared_names():
+    e = enforcer(READ)
+    seen: list[str] = []
+    real = e.policy.catalog.classify
+    e.policy.catalog.classify = lambda name, annotations=None: seen.append(name) or real(name, annotations)  # type: ignore[method-assign]
+    ch = Channel("streamable_http", READ)
+    for name in ("not_declared", "List_All_Missive_Conversations", "list_all_missive_conversations "):
+        assert (await e.client_message(ch, call(name))).reply["error"]["message"] == f"Unknown tool: {name}"
+    assert seen == []
+    assert (await e.client_message(ch, call("list_all_missive_conversations"))).allow
+    assert seen == ["list_all_missive_conversations"]
+
+
+def _argument_error(v) -> dict:
+    assert not v.allow and v.reply["result"]["isError"] is True
+    return v.reply["result"]
+
+
+async def test_a_tool_error_carries_result_type_in_the_revision_the_request_travels_in():
+    e, _ = draft_enforcer()
+    bad = {"conversation": "c-1", "send": "yes"}
+    legacy = Channel("legacy_sse", SUPPORT)  # no header names the revision on this transport
+    modern = request("tools/call", {"name": "create_a_missive_draft", "arguments": bad, "_meta": MODERN_META})
+    assert _argument_error(await e.client_message(legacy, modern))["resultType"] == "complete"
+    old = call("create_a_missive_draft", bad)
+    assert "resultType" not in _argument_error(await e.client_message(legacy, old))
+    # The channel learns the revision its initialize negotiated, from the answer it relays.
+    legacy.remember(legacy.watched, 7, "initialize")
+    legacy.answered(to_message({"jsonrpc": "2.0", "id": 7, "result": {"protocolVersion": "2026-07-28"}}))
+    assert legacy.protocol_version == "2026-07-28" and not legacy.watched
+    assert _argument_error(await e.client_message(legacy, old))["resultType"] == "complete"
+    streamable = Channel("streamable_http", SUPPORT, protocol_version="2025-11-25")
+    assert "resultType" not in _argument_error(await e.client_message(streamable, old))

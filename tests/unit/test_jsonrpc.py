@@ -83,3 +83,58 @@ def test_would_be_messages_that_are_not_valid_are_undecidable(data, salvaged):
     with pytest.raises(jsonrpc.UndecidableAnswer) as err:
         jsonrpc.parse_server_data(data)
     assert err.value.id == salvaged
+
+
+def _with_arguments(arguments: str) -> bytes:
+    return b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":%s}}' % arguments.encode()
+
+
+def test_a_message_holds_at_most_max_values_json_values():
+    # The message, its jsonrpc, id, method, params, name, arguments and the array x: 8 values.
+    room = jsonrpc.MAX_VALUES - 8
+    assert jsonrpc.parse_client_body(_with_arguments('{"x":[' + ",".join(["0"] * room) + "]}"))
+    with pytest.raises(ProtocolError) as err:
+        jsonrpc.parse_client_body(_with_arguments('{"x":[' + ",".join(["0"] * (room + 1)) + "]}"))
+    assert (err.value.status, err.value.code) == (413, jsonrpc.INVALID_REQUEST)
+    # Keys are not values of their own; long strings are one value however long.
+    assert jsonrpc.parse_client_body(_with_arguments('{"x":"' + "a," * 100_000 + '"}'))
+
+
+@pytest.mark.parametrize(("body", "values"), [
+    (b"{}", 1), (b"[]", 1), (b'{"a":[1,2,{"b":[3]}]}', 7), (b'["a,b","[{"]', 3), (b'{"a":"\\"[,{"}', 2),
+    (b"[" + b",".join([b"{}"] * 50) + b"]", 51), (b"[" + b",".join([b"[]"] * 50) + b"]", 51),
+])
+def test_more_values_than_is_certain_before_it_says_so(body, values):
+    assert not jsonrpc.more_values_than(body, values)  # never more than there are
+    assert jsonrpc.more_values_than(body, values // 2 - 1) or values < 4  # and finds many early
+
+
+def test_a_number_beyond_a_double_is_a_parse_error():
+    for number in ("1e400", "-1e400", "1" * 400 + ".0"):
+        with pytest.raises(ProtocolError) as err:
+            jsonrpc.parse_client_body(_with_arguments('{"x":[' + number + "]}"))
+        assert err.value.code == jsonrpc.PARSE_ERROR
+    assert jsonrpc.parse_client_body(_with_arguments('{"x":1.5e308}')).params["arguments"]["x"] == 1.5e308
+
+
+@pytest.mark.parametrize("rid", [b"123456789012345678901234567890", b'"\\ud800"'])
+def test_a_refusal_never_carries_an_id_it_cannot_encode(rid):
+    body = b'{"jsonrpc":"2.0","id":%s,"method":"tools/call","params":{"name":"t","arguments":[]}}' % rid
+    with pytest.raises(ProtocolError) as err:
+        jsonrpc.parse_client_body(body)
+    assert err.value.id is None
+    assert jsonrpc.encode(err.value.to_message())  # the answer itself always encodes
+
+
+def test_check_client_body_says_what_parse_client_body_would():
+    assert jsonrpc.check_client_body(b'{"jsonrpc":"2.0","id":1,"method":"ping"}') is None
+    assert jsonrpc.check_client_body(b"[]") == (jsonrpc.INVALID_REQUEST, "Invalid Request: JSON-RPC batches are "
+                                                "not supported; send one message per HTTP request", 400, None)
+
+
+@pytest.mark.parametrize(("revision", "needed"), [
+    ("2026-07-28", True), ("2027-01-01", True), ("2025-11-25", False), ("2024-11-05", False), (None, False),
+    ("latest", False), ("9", False), ("", False),
+])
+def test_result_type_is_needed_from_revision_2026_07_28(revision, needed):
+    assert jsonrpc.result_type_needed(revision) is needed

@@ -1,0 +1,60 @@
+"""Stream slots around one upstream exchange: the one path every transport forwards through.
+
+A request whose answer may be a stream (a Streamable HTTP POST carrying a request, a GET, a legacy
+`/sse` session) takes its slot *before* anything is forwarded: at a cap it is refused while the
+upstream has not acted on it, never after. A JSON or empty answer gives the slot back at once; a
+stream keeps it until it ends, however it ends (StreamResponse.on_end). So a principal's open
+streams and its requests in flight share its cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..auth.authenticator import Access
+from . import answers
+from .admission import Refusal, Slot
+from .context import ProxyContext
+from .relay import BodyResponse, StreamResponse
+
+Relayed = BodyResponse | StreamResponse
+
+_ENDED = asyncio.Event()
+_ENDED.set()
+
+
+async def forward(ctx: ProxyContext, access: Access, exchange: Callable[[], Awaitable[Relayed]], *,
+                  may_stream: bool, request_id: Any = None, legacy: bool = False) -> Relayed | answers.Answer:
+    """`exchange()` (forward upstream, relay the answer) with a stream slot for its answer; the
+    limit's Answer when a cap is reached. UpstreamError passes through (the slot released).
+
+    `may_stream`: the protocol allows a stream here, so the slot is taken first. An answer the
+    protocol has as no stream (to a notification, a response, a DELETE, a legacy POST) that comes
+    as one anyway takes a slot when it arrives; at a cap it ends at once (nobody waits on it)."""
+    identity, server = access.principal.identity, access.server.name
+    slot: Slot | None = None
+    if may_stream:
+        taken = ctx.admission.take(identity, server, legacy=legacy)
+        if isinstance(taken, Refusal):
+            return answers.limit_reached(taken, request_id)
+        slot = taken
+    try:
+        response = await exchange()
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
+    if not isinstance(response, StreamResponse):
+        if slot is not None:
+            slot.release()
+        return response
+    if slot is None:
+        taken = ctx.admission.take(identity, server)
+        if isinstance(taken, Refusal):
+            response.ended = _ENDED
+            return response
+        slot = taken
+    response.on_end = slot.release
+    return response
