@@ -105,6 +105,10 @@ class ProxyApp:
         """
         self._clock = clock
         self._background: set[asyncio.Future[Any]] = set()
+        if config.limits.max_streams >= config.upstream.max_connections:
+            log.warning("limits.max_streams (%d) is not below upstream.max_connections (%d): open streams can take "
+                        "every upstream connection, and other requests then wait (docs/configuration.md)",
+                        config.limits.max_streams, config.upstream.max_connections)
         self.decision_log = DecisionLog(config.decision_log["sink"],
                                         redact_arguments=config.decision_log["redact_arguments"])
         self.metrics = Metrics()
@@ -236,7 +240,7 @@ class ProxyApp:
             if not self.ctx.draining.is_set():
                 raise
             log.warning("shutdown: a request still waiting for the upstream was cut at limits.shutdown_grace_s")
-            response = answers.cut_at_shutdown().response()
+            response = answers.cut_at_shutdown(scope.get(streamable.REQUEST_ID)).response()
         except Exception:
             log.exception("request failed")
             response = error_response(500, jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "Internal error"))

@@ -62,7 +62,8 @@ class Limits:
     max_body_bytes: int = 4 * 1024 * 1024
     max_sse_event_bytes: int = 16 * 1024 * 1024
     max_header_bytes: int = 32 * 1024  # a client request's header block; larger → 431
-    max_streams: int = 1024  # open SSE streams (GET, POST answers, legacy sessions) per worker → 503
+    max_streams: int = 200  # open SSE streams (GET, POST answers, legacy sessions) per worker → 503;
+    # below upstream.max_connections, as each stream holds an upstream connection
     max_streams_per_principal: int = 32  # → 429
     max_legacy_sessions: int = 256  # open legacy HTTP+SSE sessions per worker → 503
     client_header_timeout_s: float = 10.0  # a client must send its request head within this → 408

@@ -204,7 +204,9 @@ def _safe_id(value: Any) -> Any:
 
 
 # A JSON string (skipped whole), or a comma or opening bracket outside strings.
-_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[,\[{]')
+# A string runs to its closing quote or, unterminated, to the end of the body: a failed match that
+# rescanned to the end from every quote would be quadratic (`\"\"\"…` never closing).
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\Z)|[,\[{]')
 
 
 def more_values_than(body: bytes, limit: int) -> bool:

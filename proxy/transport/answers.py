@@ -71,11 +71,12 @@ def draining() -> Answer:
                   (("retry-after", str(DRAIN_RETRY_AFTER_S)), ("connection", "close")))
 
 
-def cut_at_shutdown() -> Answer:
+def cut_at_shutdown(request_id: Any = None) -> Answer:
     """A request still waiting for its answer when the shutdown grace period ends. It may have
     been carried out upstream: no Retry-After."""
     message = "The proxy shut down before the upstream answered; the request may have been carried out"
-    return Answer(503, jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, message), (("connection", "close"),))
+    return Answer(503, jsonrpc.error_response(request_id, jsonrpc.INTERNAL_ERROR, message),
+                  (("connection", "close"),))
 
 
 def client_too_slow(limit: str) -> Answer:

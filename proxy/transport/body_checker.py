@@ -29,6 +29,9 @@ log = logging.getLogger("mcp_policy_proxy.body_checker")
 
 # Bodies waiting for the checker at once; more are refused (503) rather than queued.
 MAX_WAITING = 16
+# One check is linear (about 0.3 s for 4 MiB here); one that takes longer is refused and its
+# process replaced, so no body can hold the checker for the others.
+CHECK_TIMEOUT_S = 2.0
 _HEADER = 8
 
 
@@ -51,7 +54,13 @@ class BodyChecker:
         self.waiting += 1
         try:
             async with self._lock:  # one body at a time on the pipe
-                verdict = await self._exchange(body)
+                try:
+                    async with asyncio.timeout(CHECK_TIMEOUT_S):
+                        verdict = await self._exchange(body)
+                except TimeoutError:
+                    log.warning("a body took longer than %.0f s to check; refused", CHECK_TIMEOUT_S)
+                    raise ProtocolError(INTERNAL_ERROR, "The request could not be checked in time", status=503
+                                        ) from None
         finally:
             self.waiting -= 1
         if verdict is not None:

@@ -67,6 +67,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last_read = 0.0  # while reading a body: when bytes last arrived
         self._received = False  # any byte at all on this connection
+        self._began_here = False
 
     # --- connection ---
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -81,6 +82,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._received = True
         self._read = len(data)
         continued = self._phase == _HEAD  # this read continues a head begun in an earlier one
+        self._began_here = False  # set when a head begins within this read (pipelining)
         if self._phase == _BODY:
             self._last_read = self.loop.time()
         # uvicorn's own data_received, but a head over the limit is answered 431, not 400.
@@ -104,7 +106,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             return
         if self._phase == _HEAD:  # the head goes on in the next read
             self._head_reads += len(data)
-            if continued:
+            if continued and not self._began_here:
                 # Every byte of this read is the head's: refused as soon as they exceed the limit,
                 # so what the parser buffers stays bounded (it holds a field until it is complete).
                 self._head_continued += len(data)
@@ -127,6 +129,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._phase, self._head_reads, self._head_continued = _HEAD, 0, 0
+        self._began_here = True
 
     def _head_size(self) -> int:
         # "METHOD url HTTP/1.1\r\n" (about), then "name: value\r\n" per field

@@ -25,6 +25,7 @@ from .streams import forward
 from .upstream import UpstreamError
 
 _ALLOWED = "GET, POST, DELETE"
+REQUEST_ID = "mcp.request_id"  # ASGI scope key: the JSON-RPC id of the request being forwarded
 
 
 async def handle(ctx: ProxyContext, request: Request, access: Access) -> Any:
@@ -49,6 +50,7 @@ async def handle(ctx: ProxyContext, request: Request, access: Access) -> Any:
             return answers.refusal(verdict, challenge).response()
         body, forwarded = msg.encode(), verdict.headers
         channel.request_id = msg.id if msg.kind is Kind.REQUEST else None
+        request.scope[REQUEST_ID] = channel.request_id  # for an answer made outside this handler (shutdown)
     elif request.method not in ("GET", "DELETE"):
         return BodyResponse(405, [(b"allow", _ALLOWED.encode())], b"")
 
@@ -75,7 +77,8 @@ async def handle(ctx: ProxyContext, request: Request, access: Access) -> Any:
     # Only a request's answer or a GET may be a stream (a notification's or response's is a 202).
     may_stream = request.method == "GET" or channel.request_id is not None
     try:
-        relayed = await forward(ctx, access, exchange, may_stream=may_stream, request_id=channel.request_id)
+        relayed = await forward(ctx, access, exchange, may_stream=may_stream, request_id=channel.request_id,
+                                receive=request.receive)
     except UpstreamError as exc:
         return answers.upstream_failure(exc, channel.request_id).response()
     return relayed.response() if isinstance(relayed, answers.Answer) else relayed

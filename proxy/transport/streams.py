@@ -13,6 +13,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
+
 from ..auth.authenticator import Access
 from . import answers
 from .admission import Refusal, Slot
@@ -25,14 +28,38 @@ _ENDED = asyncio.Event()
 _ENDED.set()
 
 
+async def _until_gone(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_gone(exchange: Callable[[], Awaitable[Relayed]], receive: Receive) -> Relayed:
+    task, gone = asyncio.ensure_future(exchange()), asyncio.ensure_future(_until_gone(receive))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        raise ClientDisconnect()
+    return task.result()
+
+
 async def forward(ctx: ProxyContext, access: Access, exchange: Callable[[], Awaitable[Relayed]], *,
-                  may_stream: bool, request_id: Any = None, legacy: bool = False) -> Relayed | answers.Answer:
+                  may_stream: bool, request_id: Any = None, legacy: bool = False,
+                  receive: Receive | None = None) -> Relayed | answers.Answer:
     """`exchange()` (forward upstream, relay the answer) with a stream slot for its answer; the
     limit's Answer when a cap is reached. UpstreamError passes through (the slot released).
 
     `may_stream`: the protocol allows a stream here, so the slot is taken first. An answer the
     protocol has as no stream (to a notification, a response, a DELETE, a legacy POST) that comes
-    as one anyway takes a slot when it arrives; at a cap it ends at once (nobody waits on it)."""
+    as one anyway takes a slot when it arrives; at a cap it ends at once (nobody waits on it).
+
+    `receive`: the client's ASGI channel; when the client leaves before the answer starts, the
+    exchange is cancelled (ClientDisconnect): a request still waiting for an upstream connection is
+    never sent, one under way has its upstream connection closed (as nginx does by default)."""
     identity, server = access.principal.identity, access.server.name
     slot: Slot | None = None
     if may_stream:
@@ -41,7 +68,7 @@ async def forward(ctx: ProxyContext, access: Access, exchange: Callable[[], Awai
             return answers.limit_reached(taken, request_id)
         slot = taken
     try:
-        response = await exchange()
+        response = await (exchange() if receive is None else _unless_gone(exchange, receive))
     except BaseException:
         if slot is not None:
             slot.release()

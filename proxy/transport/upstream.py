@@ -223,6 +223,10 @@ class _Connection(asyncio.Protocol):
             self.fail(UpstreamError(502, "Upstream closed the connection"))
 
     # --- httptools callbacks ---
+    def on_message_begin(self) -> None:
+        if self.complete:  # even a partial head after the answer: the parser would be left inside it
+            raise self._broken("Upstream sent bytes after its answer")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.status:
             return  # a trailer (after a chunked body): not one of the answer's headers, not relayed

@@ -205,6 +205,7 @@ class RawUpstream:
         self.hung_up: set[int] = set()
         self.tainted: list[int] = []  # connections a scenario made untrustworthy
         self.methods: list[str] = []
+        self.ids: list[Any] = []  # JSON-RPC ids of the requests received
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -266,6 +267,7 @@ class RawUpstream:
                 headers = {n.strip().lower(): v.strip() for n, _, v in (line.partition(":") for line in lines[1:])}
                 body = await reader.readexactly(int(headers.get("content-length") or 0))
                 rid = json.loads(body).get("id") if body else None
+                self.ids.append(rid)
                 scenario = headers.get("x-scenario", "")
                 if tainted:
                     writer.write(answer(rid, {"reused": True}))
@@ -452,6 +454,23 @@ async def test_waiting_too_long_or_in_a_full_queue_is_503_with_retry_after(upstr
             assert error_of(r, r.json()["id"]) == "Upstream connection limit reached"
     assert upstream.max_open <= MAX_CONNECTIONS
     assert 'mcp_proxy_limit_rejections_total{limit="upstream.max_connections"}' in metrics
+
+
+async def test_a_request_whose_client_left_while_queued_is_never_sent(upstream, proxy_for):
+    # One connection, and a queue that would keep the leaver long after it left.
+    proxy = proxy_for(upstream.base, {"upstream": {"max_connections": 1, "queue_timeout_s": 10}})
+    async with httpx.AsyncClient(timeout=10) as http:
+        await next_request_works(http, proxy, upstream)
+        busy = asyncio.ensure_future(call(http, proxy, 700, "slow_1.0"))
+        await asyncio.sleep(0.2)  # the connection is taken
+        async with httpx.AsyncClient(timeout=0.3) as leaver:
+            with pytest.raises(httpx.TimeoutException):
+                await call(leaver, proxy, 777)  # queued, then gone
+        assert (await busy).status_code == 200
+        start = time.monotonic()
+        await next_request_works(http, proxy, upstream)
+        assert time.monotonic() - start < 0.5  # no ghost ahead of it in the queue
+    assert 777 not in upstream.ids
 
 
 # --- TLS without close_notify -----------------------------------------------------------------

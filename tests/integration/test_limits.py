@@ -249,6 +249,18 @@ async def test_a_header_block_over_the_limit_is_431(slow_proxy, metric_delta, fi
     assert await metric_delta("limits.max_header_bytes") == 2
 
 
+async def test_pipelined_requests_with_a_large_body_between_their_heads_are_all_answered(slow_proxy):
+    """One read that ends a head, carries its 40 KiB body and begins the next head: none of that
+    body is counted as the next head's."""
+    body = b"x" * 40 * 1024
+    first = b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % len(body)
+    second = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    parts = [first[:20], first[20:] + body + second[:20], second[20:]]
+    raw, _ = await asyncio.to_thread(_exchange, slow_proxy.port, parts, 0.1)
+    assert raw.count(b"HTTP/1.1 ") == 2 and b"431" not in raw, raw[:300]
+    assert raw.rstrip().endswith(b'{"status":"ok"}')
+
+
 async def test_a_head_sent_too_slowly_is_408_and_closed(slow_proxy, metric_delta):
     drip = [b"GET /healthz HTTP/1.1\r\n", b"Host: 127.0.0.1\r\n", *[b"X-Drip: %d\r\n" % i for i in range(20)]]
     raw, elapsed = await asyncio.to_thread(_exchange, slow_proxy.port, drip, 0.2)

@@ -151,6 +151,7 @@ async def test_a_call_longer_than_the_grace_period_is_cut_and_the_exit_still_0(s
         r = await call  # cut, with an answer that says so (it may have been carried out: no Retry-After)
     assert r.status_code == 503 and "retry-after" not in r.headers
     assert "shut down before the upstream answered" in r.json()["error"]["message"]
+    assert r.json()["id"] == _sleep_call(15)["id"]  # the client can tell which call was cut
     assert code == 0
     assert GRACE - 0.5 < took < GRACE + 2
     assert "Traceback" not in proxy.handle.stderr()

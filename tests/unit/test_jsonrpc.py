@@ -138,3 +138,13 @@ def test_check_client_body_says_what_parse_client_body_would():
 ])
 def test_result_type_is_needed_from_revision_2026_07_28(revision, needed):
     assert jsonrpc.result_type_needed(revision) is needed
+
+
+def test_counting_values_is_linear_in_an_unterminated_string_of_escaped_quotes():
+    """A failed string match rescanned from every quote would take hours on this 1 MiB body."""
+    import time
+
+    body = b'{"a":"' + b'\\"' * (512 * 1024) + b"," * 10_001
+    start = time.perf_counter()
+    assert jsonrpc.check_client_body(body) is not None
+    assert time.perf_counter() - start < 5

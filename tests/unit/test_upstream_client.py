@@ -514,7 +514,8 @@ async def test_an_unrequested_answer_on_an_idle_connection_closes_it():
     b'{"smuggled":true}',
     ANSWER + b'{"n":9}',  # a whole second answer, pipelined
     b"\r\n" + ANSWER + b'{"n":9}',
-], ids=["bytes", "second-answer", "crlf-second-answer"])
+    b"HTTP/1.1 408 Request Timeout\r\n",  # a partial head: no callback but the message's beginning
+], ids=["bytes", "second-answer", "crlf-second-answer", "partial-head"])
 async def test_bytes_after_the_answer_in_the_same_read_close_the_connection(extra):
     script = Scripted(FIRST + extra)
     server, url, conns = await serve(script)
