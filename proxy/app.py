@@ -34,9 +34,9 @@ from .config_words import check_config_words
 from .enforce.enforcer import Enforcer
 from .enforce.inventory import ToolInventory
 from .enforce.pipeline import Pipeline
-from .observe import access_log
+from .observe import access_log, log_context
 from .observe.decision_log import DecisionLog
-from .observe.metrics import Metrics
+from .observe.metrics import Metrics, RequestRecord, current
 from .policy.manager import PolicyManager, build_policy_set
 from .protocol import jsonrpc
 from .protocol.jsonrpc import ProtocolError
@@ -80,18 +80,34 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
+    """Ready: not draining, the policy in force decides (a probe decision: proxy/policy/manager.py)
+    and the upstream accepts connections. A 503's `reason` names each check that failed."""
     ctx: ProxyContext = request.app.state.proxy
     if ctx.draining.is_set():  # shutting down: a load balancer sends no more
         return JSONResponse({"status": "draining"}, status_code=503, headers={"connection": "close"})
-    url = urlsplit(ctx.config.upstream.url)
+    manager: PolicyManager | None = request.app.state.policy
+    checks = await asyncio.gather(manager.readiness() if manager is not None else _no_problem(),
+                                  _upstream_readiness(ctx.config.upstream.url))
+    problems = [problem for problem in checks if problem is not None]
+    if problems:
+        return JSONResponse({"status": "unavailable", "reason": "; ".join(problems)}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+async def _no_problem() -> None:
+    return None
+
+
+async def _upstream_readiness(upstream_url: str) -> str | None:
+    url = urlsplit(upstream_url)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         async with asyncio.timeout(1.0):
             _, writer = await asyncio.open_connection(url.hostname, port)
         writer.close()
     except (OSError, TimeoutError):
-        return JSONResponse({"status": "unavailable", "reason": "upstream unreachable"}, status_code=503)
-    return JSONResponse({"status": "ready"})
+        return "upstream unreachable"
+    return None
 
 
 class ProxyApp:
@@ -109,13 +125,16 @@ class ProxyApp:
             log.warning("limits.max_streams (%d) is not below upstream.max_connections (%d): open streams can take "
                         "every upstream connection, and other requests then wait (docs/configuration.md)",
                         config.limits.max_streams, config.upstream.max_connections)
-        self.decision_log = DecisionLog(config.decision_log["sink"],
-                                        redact_arguments=config.decision_log["redact_arguments"])
         self.metrics = Metrics()
+        self.decision_log = DecisionLog(config.decision_log["sink"],
+                                        redact_arguments=config.decision_log["redact_arguments"],
+                                        service=config.decision_log["service"],
+                                        dropped=self.metrics.decision_log_dropped.inc)
         self.metrics.servers(config.servers)
         self.policy_manager: PolicyManager | None = None
         upstream = UpstreamClient(config.upstream,
-                                  on_limit=lambda: self.metrics.limit_rejected("upstream.max_connections"))
+                                  on_limit=lambda: self.metrics.limit_rejected("upstream.max_connections"),
+                                  on_answer=self.metrics.upstream_answered)
         if pipeline is None:
             policy = build_policy_set(config.policy)
             check_config_words(config, policy.catalog)
@@ -126,6 +145,8 @@ class ProxyApp:
             pipeline = enforcer
         self.ctx = ProxyContext(config, pipeline, upstream, session_binder(config),
                                 Admission(config.limits, self.metrics.limit_rejected))
+        admission = self.ctx.admission
+        self.metrics.watch(lambda: admission.streams, lambda: admission.legacy_sessions, upstream.pool_stats)
         self.allowed_origins = allowed_origins(config)
         self.jwt = jwt_verifier(config)
         self.authenticator = authenticator(config, self.jwt, clock)
@@ -138,6 +159,7 @@ class ProxyApp:
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
             access_log.install()  # here: after uvicorn has configured its loggers
+            self.decision_log.start()  # shipping (decision_log.service), in the background
             # Everything built so far lives as long as the process: out of the collector's sight, a
             # full collection (which requests' containers trigger) costs ~0 instead of ~100 ms.
             gc.freeze()
@@ -158,7 +180,7 @@ class ProxyApp:
                 await self.ctx.upstream.close()
                 if self.jwt is not None:
                     await self.jwt.close()  # type: ignore[attr-defined]
-                self.decision_log.close()
+                await self.decision_log.aclose()  # shipped entries flushed too, within their timeout
 
         self.other = Starlette(routes=[
             Route("/healthz", healthz, methods=["GET"]),
@@ -168,6 +190,7 @@ class ProxyApp:
             Route(WELL_KNOWN + "/{endpoint:path}", self.serve_metadata, methods=["GET"]),
         ], lifespan=lifespan)
         self.other.state.proxy = self.ctx
+        self.other.state.policy = self.policy_manager  # for /readyz
 
     def drain(self) -> None:
         """Shutdown begins (SIGTERM; proxy/transport/http_server.py): /readyz answers 503, new MCP
@@ -231,19 +254,33 @@ class ProxyApp:
             await self.other(scope, receive, send)
             return
         kind, url_token = target
+        log_context.begin_request()  # the access line's decision ids
+        record, token = self.metrics.begin(kind)  # counted once, however the request ends
+        try:
+            await self._serve(scope, receive, send, kind, url_token, record)
+        finally:
+            self.metrics.finish(record, token)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, kind: str, url_token: str | None,
+                     record: RequestRecord) -> None:
         request = Request(scope, receive)
         try:
             response = await self.serve_mcp(request, kind, url_token)
         except ClientDisconnect:  # gone before its request was read whole (or was too slow: a 408)
+            record.outcome = "client_gone"
             return
         except asyncio.CancelledError:
             if not self.ctx.draining.is_set():
+                record.outcome = "client_gone"
                 raise
             log.warning("shutdown: a request still waiting for the upstream was cut at limits.shutdown_grace_s")
+            record.outcome = "draining"
             response = answers.cut_at_shutdown(scope.get(streamable.REQUEST_ID)).response()
         except Exception:
             log.exception("request failed")
+            record.outcome = "error"
             response = error_response(500, jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "Internal error"))
+        record.answered = time.perf_counter()
         try:
             await response(scope, receive, send)
         except asyncio.CancelledError:  # the grace period is over: the connection closes mid-answer
@@ -253,6 +290,7 @@ class ProxyApp:
 
     async def serve_mcp(self, request: Request, kind: str, url_token: str | None) -> Any:
         if self.ctx.draining.is_set():  # shutting down: nothing new is forwarded
+            current().outcome = "draining"
             return answers.draining().response()
         if (fault := header_fault(request.scope["headers"])) is not None:
             return answers.protocol_failure(ProtocolError(jsonrpc.INVALID_REQUEST, f"Invalid Request: {fault}")
@@ -264,10 +302,13 @@ class ProxyApp:
             access = await self.authenticator.authenticate(url_token, request.headers.get("authorization"))
         except AuthFailure as failure:
             return self.refuse(request, kind, failure)
+        current().server = access.server.name
         return await HANDLERS[kind](self.ctx, request, access)
 
     def refuse(self, request: Request, kind: str, failure: AuthFailure) -> Any:
         self.metrics.auth_failure(failure.server or "unknown", failure.reason)
+        record = current()
+        record.server, record.outcome = failure.server or "unknown", "unauthorized"
         if failure.status == 404:  # an unknown URL token looks exactly like an unknown path
             return Response(b"Not Found", 404, media_type="text/plain")
         endpoint = "/sse" if kind in ("sse", "messages") else "/mcp"

@@ -20,6 +20,8 @@ from .policy.loader import PolicyLoadError
 log = logging.getLogger("mcp_policy_proxy")
 
 CONFIG_ENV = "MCP_POLICY_PROXY_CONFIG"
+LOG_FORMATS = ("json", "text")
+LOG_FORMAT_HELP = "every log line as JSON or as text (default: text on a terminal, else json; docs/logging.md)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,12 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request (URL tokens redacted)")
+    serve.add_argument("--log-format", choices=LOG_FORMATS, help=LOG_FORMAT_HELP)
 
     demo = sub.add_parser("demo", help="the proxy in front of a demo Missive MCP server, with example servers")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080)
     demo.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     demo.add_argument("--public-url", help="the URL clients use (e.g. an HTTPS tunnel's); printed in the URLs")
+    demo.add_argument("--log-format", choices=LOG_FORMATS, help=LOG_FORMAT_HELP)
 
     tok = sub.add_parser("token", help="URL tokens and API tokens")
     tok_sub = tok.add_subparsers(dest="token_command", required=True)
@@ -93,10 +97,12 @@ def check_exposure(config: Config) -> str | None:
 
 
 def serve(config: Config, log_level: str, access_log: bool = False,
-          reload_config: Callable[[], Config] | None = None) -> int:
+          reload_config: Callable[[], Config] | None = None, log_format: str | None = None) -> int:
     from .app import create_app
+    from .observe import logging_setup
     from .transport.http_server import serve as serve_http
 
+    log_config = logging_setup.configure(log_format, log_level)  # every logger, uvicorn's too, from here on
     problem = check_exposure(config)
     if problem:
         print(f"mcp-policy-proxy: {problem}", file=sys.stderr)
@@ -108,7 +114,7 @@ def serve(config: Config, log_level: str, access_log: bool = False,
         return 2
     # SIGTERM: drain (streams end, requests in flight finish within limits.shutdown_grace_s), exit 0.
     started = serve_http(app, config, app.drain, app.metrics.limit_rejected, log_level=log_level,
-                         access_log=access_log)
+                         access_log=access_log, log_config=log_config)
     return 0 if started else 1
 
 
@@ -250,11 +256,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
-            return serve(_serve_config(args), args.log_level, args.access_log, lambda: _serve_config(args))
+            return serve(_serve_config(args), args.log_level, args.access_log, lambda: _serve_config(args),
+                         args.log_format)
         if args.command == "demo":
             from .demo_launcher import run_demo
 
-            return run_demo(args.host, args.port, args.log_level, args.public_url)
+            return run_demo(args.host, args.port, args.log_level, args.public_url, args.log_format)
         if args.command == "token":
             return token_create(args)
         if args.command == "policy":

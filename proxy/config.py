@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,14 @@ class Server:
     require_api_token_auth: bool = False
     expires_at: datetime | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    # An upstream 429 told to the agent as a tool result / JSON-RPC error (docs/rate-limits.md);
+    # None in the file: rate_limit.surface_to_agent decides (parse fills it in).
+    surface_rate_limit: bool | None = None
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    surface_to_agent: bool = False  # the default of servers[].surface_rate_limit; off: 429s pass through
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,19 @@ class Auth:
 
 
 @dataclass(frozen=True)
+class DecisionLogService:
+    """decision_log.service: where decisions are shipped, OPA's way (docs/logging.md)."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # secrets (a bearer token): never printed
+    timeout_s: float = 5.0
+    batch_size: int = 100  # entries in one POST
+    min_delay_s: float = 5.0  # between uploads (sooner when a batch is full)
+    max_delay_s: float = 60.0  # the longest wait between retries after failed uploads
+    buffer_size_limit_events: int = 10_000  # then the oldest waiting entries are dropped
+
+
+@dataclass(frozen=True)
 class Config:
     upstream: Upstream
     listen: Listen = Listen()
@@ -134,8 +155,9 @@ class Config:
     policy: Policy = Policy()
     auth: Auth = Auth()
     servers: tuple[Server, ...] = (Server(name="default", methods=("read", "write", "custom")),)
-    rate_limit: dict[str, Any] = field(default_factory=dict)
-    decision_log: dict[str, Any] = field(default_factory=lambda: {"sink": "stdout", "redact_arguments": True})
+    rate_limit: RateLimit = RateLimit()
+    decision_log: dict[str, Any] = field(default_factory=lambda: {"sink": "stdout", "redact_arguments": True,
+                                                                  "service": None})
     source: str = "<defaults>"
 
     @property
@@ -296,9 +318,36 @@ def _server(r: _Reader) -> Server:
         name=name, token_hmac=token_hmac, methods=r.strings("methods"), tags=r.strings("tags"),
         require_api_token_auth=r.get("require_api_token_auth", bool, False),
         expires_at=expires.astimezone(UTC) if expires else None, params=r.get("params", dict, {}),
+        surface_rate_limit=r.get("surface_rate_limit", bool),
     )
     r.done()
     return server
+
+
+def _decision_log_service(r: _Reader) -> DecisionLogService:
+    url = r.url("url", required=True)
+    assert url is not None
+    if not url.startswith(("http://", "https://")):
+        raise r.err("url", "must be an http:// or https:// URL")
+    headers = r.get("headers", dict, {})
+    for k, v in headers.items():  # values are secrets: never quoted in an error
+        if not isinstance(v, str):
+            raise r.err(f"headers.{k}", "must be a string")
+        if not _HEADER_NAME.match(k) or any(c in v for c in "\r\n\0"):
+            raise r.err(f"headers.{k}", "is not a valid HTTP header")
+    d = DecisionLogService
+    service = DecisionLogService(
+        url=url, headers=dict(headers), timeout_s=r.positive("timeout_s", float, d.timeout_s),
+        batch_size=r.positive("batch_size", int, d.batch_size),
+        min_delay_s=r.positive("min_delay_s", float, d.min_delay_s),
+        max_delay_s=r.positive("max_delay_s", float, d.max_delay_s),
+        buffer_size_limit_events=r.positive("buffer_size_limit_events", int, d.buffer_size_limit_events))
+    if service.batch_size > service.buffer_size_limit_events:
+        raise r.err("batch_size", "must not exceed buffer_size_limit_events")
+    if service.max_delay_s < service.min_delay_s:
+        raise r.err("max_delay_s", "must not be less than min_delay_s")
+    r.done()
+    return service
 
 
 def parse(data: Any, source: str) -> Config:
@@ -411,11 +460,19 @@ def parse(data: Any, source: str) -> Config:
         if any(s.token_hmac for s in servers) and not auth.url_token_key:
             raise ConfigError(source, "auth.url_token_key", "is required when a server has a token_hmac")
 
+    rl = root.child("rate_limit")
+    rate_limit = RateLimit(surface_to_agent=rl.get("surface_to_agent", bool, False))
+    rl.done()
+    servers = tuple(replace(s, surface_rate_limit=rate_limit.surface_to_agent) if s.surface_rate_limit is None else s
+                    for s in servers)
+
     dl = root.child("decision_log")
     sink = dl.get("sink", str, "stdout")
     if sink not in ("stdout", "off") and not (sink.startswith("file:") and len(sink) > 5):
         raise dl.err("sink", f"must be stdout, off or file:PATH, got {sink!r}")
-    decision_log = {"sink": sink, "redact_arguments": dl.get("redact_arguments", bool, True)}
+    service = _decision_log_service(dl.child("service")) if dl.data.get("service") is not None else None
+    dl.used.add("service")
+    decision_log = {"sink": sink, "redact_arguments": dl.get("redact_arguments", bool, True), "service": service}
     dl.done()
 
     public_url = root.url("public_url")
@@ -424,7 +481,7 @@ def parse(data: Any, source: str) -> Config:
     config = Config(
         upstream=upstream, listen=listen, public_url=public_url,
         allowed_origins=root.strings("allowed_origins"), limits=limits, policy=policy, auth=auth,
-        servers=servers, rate_limit=root.get("rate_limit", dict, {}), decision_log=decision_log, source=source,
+        servers=servers, rate_limit=rate_limit, decision_log=decision_log, source=source,
     )
     root.done()
     return config

@@ -2,11 +2,15 @@
 
 Starts `proxy.demo.upstream` (an MCP server on the official SDK with an in-memory Missive
 organisation and Missive's rate limits) on a free loopback port, writes a config with three
-example servers and fresh URL tokens, prints how to connect, and serves until Ctrl-C.
+example servers and fresh URL tokens, prints how to connect and where /metrics is, then serves
+until Ctrl-C, printing each policy decision as one line (read from the decision log it configures,
+a file in its temporary directory: the proxy's own logging stays as configured). Needs neither
+Node.js nor npm.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -14,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -70,6 +75,68 @@ def demo_config(upstream_port: int, port: int, host: str,
     return config, tokens
 
 
+def format_decision(entry: dict[str, Any]) -> str:
+    """One decision-log entry as one line: time, server, method and tool (or the answer's name),
+    allow/deny, the reasons (or why the engine could not decide)."""
+    input = entry.get("input") or {}
+    message = input.get("message") or {}
+    raw = entry.get("result")
+    result: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    server = (input.get("server") or {}).get("name", "?")
+    what = str(message.get("method") or "?")
+    if message.get("name"):
+        what += f" {message['name']}"
+    if message.get("kind") == "response":
+        what += " (answer)"
+    if "error" in result:
+        verdict, why = "ERROR", f"policy engine unavailable: {result['error']}"
+    else:
+        verdict = "allow" if result.get("allow") is True else "DENY"
+        why = "; ".join(str(r) for r in result.get("reasons") or [])
+        if message.get("kind") == "response" and isinstance(result.get("visible_tools"), list):
+            shown = f"{len(result['visible_tools'])} of {len(input.get('tools') or [])} tools visible"
+            why = f"{shown}; {why}" if why else shown
+    if (entry.get("labels") or {}).get("mode") == "dry_run":
+        verdict += " (dry run: not enforced)"
+    stamp = str(entry.get("timestamp", ""))[11:19]
+    return f"{stamp} {server:8} {what:50} {verdict}" + (f"  {why}" if why else "")
+
+
+class DecisionPrinter(threading.Thread):
+    """Follows the decision log file and prints each entry as a line (format_decision)."""
+
+    def __init__(self, path: Path, out: Any = None) -> None:
+        super().__init__(name="demo-decisions", daemon=True)
+        self._path, self._out = path, out or sys.stdout
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        self._path.touch()
+        with self._path.open("rb") as log:
+            pending = b""
+            while True:
+                stopping = self._stop_event.is_set()  # then what is left is printed, and no more
+                chunk = log.readline()
+                if not chunk:
+                    if stopping:
+                        return
+                    self._stop_event.wait(0.1)
+                    continue
+                pending += chunk
+                if not pending.endswith(b"\n"):  # the rest of the line is not written yet
+                    continue
+                line, pending = pending, b""
+                try:
+                    text = format_decision(json.loads(line))
+                except (ValueError, AttributeError, TypeError):
+                    continue
+                print(text, file=self._out, flush=True)
+
+    def stop(self) -> None:
+        """Print what the log holds (the proxy has flushed it at shutdown), then end."""
+        self._stop_event.set()
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -79,8 +146,9 @@ def _port_free(host: str, port: int) -> bool:
         return True
 
 
-def banner(base: str, tokens: dict[str, str], upstream_url: str) -> str:
-    """What the demo prints: each server's URL and token, and how to connect common clients."""
+def banner(base: str, tokens: dict[str, str], upstream_url: str, metrics_url: str | None = None) -> str:
+    """What the demo prints: each server's URL and token, how to connect common clients, where
+    the metrics are."""
     lines = ["", "mcp-policy-proxy demo: the proxy in front of a demo Missive MCP server (in-memory data)",
              f"  demo upstream (no policy, no auth): {upstream_url}", ""]
     for server in EXAMPLE_SERVERS:
@@ -99,7 +167,10 @@ def banner(base: str, tokens: dict[str, str], upstream_url: str) -> str:
         "    (e.g. `cloudflared tunnel --url http://127.0.0.1:PORT`) and restart with --public-url https://….",
         "  Legacy SSE clients: the same URLs with /sse instead of /mcp.",
         "",
+        f"Metrics (Prometheus text): {metrics_url or base + '/metrics'}",
         "Ctrl-C stops the proxy and the demo upstream.",
+        "",
+        "Each policy decision is printed below: time, server, method and tool, allow/DENY, reasons.",
         "",
     ]
     return "\n".join(lines)
@@ -123,7 +194,7 @@ def _die_with_parent() -> None:
 
 
 def run_demo(host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning",
-             public_url: str | None = None) -> int:
+             public_url: str | None = None, log_format: str | None = None) -> int:
     from .cli import serve
     from .config import load
 
@@ -144,9 +215,19 @@ def run_demo(host: str = "127.0.0.1", port: int = 8080, log_level: str = "warnin
         config, tokens = demo_config(upstream_port, port, host, public_url)
         with tempfile.TemporaryDirectory(prefix="mcp-policy-proxy-demo-") as tmp:
             path = Path(tmp) / "demo.yaml"
+            decisions = Path(tmp) / "decisions.jsonl"
+            config["decision_log"] = {"sink": f"file:{decisions}"}  # arguments redacted, as by default
             path.write_text(yaml.safe_dump(config, sort_keys=False))
-            print(banner(config["public_url"].rstrip("/"), tokens, f"http://127.0.0.1:{upstream_port}/mcp"), flush=True)
-            return serve(load(path), log_level)
+            local = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+            print(banner(config["public_url"].rstrip("/"), tokens, f"http://127.0.0.1:{upstream_port}/mcp",
+                         f"{local}/metrics"), flush=True)
+            printer = DecisionPrinter(decisions)
+            printer.start()
+            try:
+                return serve(load(path), log_level, log_format=log_format)
+            finally:
+                printer.stop()
+                printer.join(1)
     except _Stop:
         return 0
     finally:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv with the project and its test dependencies (reinstalled when pyproject.toml
-# changes) and the npm test peers in tests/peers/node. Sourced by the other scripts; sets VENV.
+# changes). Sourced by the other scripts; sets VENV. With NODE_PEERS=1 (scripts/test.sh sets it)
+# it also installs the npm test peers in tests/peers/node: only the tests need Node.js and npm,
+# the proxy and its demo do not.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
@@ -18,10 +20,12 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-node_peers="$ROOT/tests/peers/node"
-node_stamp="$node_peers/node_modules/.installed-$(sha256sum "$node_peers/package-lock.json" | cut -c1-16)"
-if [ ! -f "$node_stamp" ]; then
-  command -v npm >/dev/null || { echo "npm is required for the TypeScript test peers (apt-get install nodejs npm)" >&2; exit 1; }
-  npm ci --prefix "$node_peers" --no-audit --no-fund --loglevel=error
-  touch "$node_stamp"
+if [ "${NODE_PEERS:-0}" = 1 ]; then
+  node_peers="$ROOT/tests/peers/node"
+  node_stamp="$node_peers/node_modules/.installed-$(sha256sum "$node_peers/package-lock.json" | cut -c1-16)"
+  if [ ! -f "$node_stamp" ]; then
+    command -v npm >/dev/null || { echo "npm is required for the TypeScript test peers (apt-get install nodejs npm)" >&2; exit 1; }
+    npm ci --prefix "$node_peers" --no-audit --no-fund --loglevel=error
+    touch "$node_stamp"
+  fi
 fi

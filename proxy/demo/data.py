@@ -1,9 +1,16 @@
 """A deterministic in-memory Missive organisation for the demo upstream.
 
-:func:`build_org` (seeded, default seed 7) creates one organisation with 3 teams, 8 users, 5 shared
+:func:`build_org` (seeded, default seed 7) creates one organisation with 4 teams, 9 users, 7 shared
 labels, 7 contacts in one contact book (each in a company group), 2 more contact groups, 3 canned
 responses and 50 conversations (1-4 messages and 0-3 comments each); tasks, webhooks and analytics
-reports start empty. Everything is plain JSON-able dicts in Missive's REST shapes: ids are UUIDs
+reports start empty.
+
+It uses the seed's names, so the seed's prompts work as written: shared labels ``L1 Support`` (every
+Support conversation) and ``Support Triage`` (the unassigned ones), team ``Backend Engineering``,
+users such as Sarah Jenkins, the contact ``ceo@enterprise-client.com`` and conversation ``987654``:
+the CEO's outage report, the newest unresolved conversation in ``L1 Support`` (``STORY_*``).
+
+Everything is plain JSON-able dicts in Missive's REST shapes: ids are UUIDs (987654 aside)
 derived from a counter (``uuid5``), times are epoch seconds counted back from a fixed instant, so
 two orgs built with the same seed are identical, and ids of objects created later are deterministic
 too. (The contact book, contact groups and responses are seeded last, so the other seeded ids do
@@ -27,22 +34,24 @@ Json = dict[str, Any]
 BASE_TIME = 1_767_225_600  # 2026-01-01T00:00:00Z; all seeded timestamps are before it
 NAMESPACE = uuid.UUID("6f1d3c2a-0b7e-4d4e-9a51-3c1f0d2b9e10")
 ORG_DOMAIN = "demo-org.example"
-VIP_ADDRESS = "vip@bigcustomer.example"
+VIP_ADDRESS = "ceo@enterprise-client.com"
+VIP_NAME = "Daniel Whitaker"
+STORY_ID = "987654"  # the seed's conversation; every other id is a UUID, as Missive's are
 MAILBOX_STATES = ("open", "closed", "snoozed", "trashed", "junked")
 
-TEAMS = ("Support", "Billing", "VIP Care")
-USERS = (
-    ("Alice Martin", "Support"), ("Bruno Costa", "Support"), ("Chloé Dubois", "Support"),
+TEAMS = ("Support", "Billing", "VIP Care", "Backend Engineering")
+USERS = (  # the first one owns the API token (DemoOrg.me)
+    ("Alice Martin", "Support"), ("Sarah Jenkins", "Support"), ("Chloé Dubois", "Support"),
     ("Dmitri Ivanov", "Billing"), ("Emma Schultz", "Billing"), ("Farah Haddad", "VIP Care"),
-    ("Gustavo Reyes", "VIP Care"), ("Hana Sato", "Support"),
+    ("Gustavo Reyes", "VIP Care"), ("Hana Sato", "Backend Engineering"), ("Tom Becker", "Backend Engineering"),
 )
-LABELS = (("vip", "#f5a623"), ("billing", "#4a90e2"), ("bug", "#d0021b"), ("refund", "#7ed321"),
-          ("urgent", "#bd10e0"))
+LABELS = (("L1 Support", "#2d9cdb"), ("Support Triage", "#f2994a"), ("vip", "#f5a623"), ("billing", "#4a90e2"),
+          ("bug", "#d0021b"), ("refund", "#7ed321"), ("urgent", "#bd10e0"))
 CUSTOMERS = (
     ("Ada Lovelace", "ada@analytical.example"), ("Grace Hopper", "grace@cobol.example"),
     ("Linus Berg", "linus@fjord.example"), ("Margaret Hamilton", "margaret@apollo.example"),
     ("Tim Okafor", "tim@lagos-shop.example"), ("Yuki Tanaka", "yuki@sakura.example"),
-    ("VIP Desk", VIP_ADDRESS),
+    (VIP_NAME, VIP_ADDRESS),
 )
 SUBJECTS = {
     "Support": ("Cannot log in after password reset", "App crashes when exporting CSV",
@@ -66,6 +75,22 @@ RESPONSES = (
                                         "statement within 5 business days.\n\nBest,"),
     ("Password reset steps", "Resetting your password", "Hi,\n\nOpen the login page, click 'Forgot password' "
                                                          "and follow the link we email you.\n\nBest,"),
+)
+# Conversation 987654: its subject, its messages (sender, seconds before BASE_TIME, body) and its
+# internal comments (author, seconds before BASE_TIME, body). The last message is the org's newest.
+STORY_SUBJECT = "Urgent: API outage affecting our whole team"
+STORY_MESSAGES = (
+    (VIP_NAME, 10_800, "Hi team,\n\nSince this morning every call from our integration fails with a 502. Our "
+                       "whole support floor is blocked. Can someone look at this urgently?\n\nBest,\n"
+                       "Daniel Whitaker\nCEO, Enterprise Client"),
+    ("Sarah Jenkins", 7_200, "Hi Daniel,\n\nThanks for flagging this. We are checking with our engineers and "
+                             "will update you within the hour.\n\nBest,\nSarah Jenkins"),
+    (VIP_NAME, 30, "Hi Sarah,\n\nAny news? We have a board demo at 3 pm and need this working before then."
+                   "\n\nBest,\nDaniel"),
+)
+STORY_COMMENTS = (
+    ("Sarah Jenkins", 6_000, "The 502s started right after last night's deploy of the API gateway."),
+    ("Alice Martin", 5_000, "Backend Engineering should look at the gateway logs; key account, please prioritise."),
 )
 COMMENTS = (
     "Taking this one.", "Looped in engineering, waiting on a fix.", "Customer is on the annual plan.",
@@ -149,9 +174,9 @@ class DemoOrg:
                 authors.append(msg["from_field"])
         conv["authors"] = authors
 
-    def new_conversation(self, subject: str | None, team: Json | None, at: int) -> Json:
-        """Create and register an empty open conversation."""
-        cid = self.new_id("conversation")
+    def new_conversation(self, subject: str | None, team: Json | None, at: int, cid: str | None = None) -> Json:
+        """Create and register an empty open conversation (with a fresh id unless `cid` is given)."""
+        cid = cid or self.new_id("conversation")
         conv: Json = {
             "id": cid,
             "subject": subject,
@@ -225,6 +250,32 @@ def _address(name: str) -> Json:
     return {"name": name, "address": f"{name.split()[0].lower()}@{ORG_DOMAIN}"}
 
 
+def _seed_story(org: DemoOrg, team: Json, labels: list[Json]) -> None:
+    """Conversation 987654 (STORY_*): open, unassigned, flagged, the newest activity of all."""
+    by_name = {u["name"]: u for u in org.users}
+    customer = {"name": VIP_NAME, "address": VIP_ADDRESS}
+    support = {"name": "Support", "address": f"support@{ORG_DOMAIN}"}
+    conv = org.new_conversation(STORY_SUBJECT, team, BASE_TIME - STORY_MESSAGES[0][1], cid=STORY_ID)
+    conv["shared_labels"] = [org.ref(lb) for lb in labels]
+    conv["shared_label_names"] = ", ".join(lb["name"] for lb in labels)
+    refs: list[str] = []
+    for n, (sender_name, before, body) in enumerate(STORY_MESSAGES):
+        sender = customer if sender_name == VIP_NAME else _address(sender_name)
+        subject = STORY_SUBJECT if n == 0 else f"Re: {STORY_SUBJECT}"
+        msg = org.make_message(subject, sender, [support] if sender is customer else [customer], body,
+                               BASE_TIME - before, references=refs)
+        refs = [*refs, msg["email_message_id"]]
+        org.messages[STORY_ID].append(msg)
+        conv["latest_message_subject"] = subject
+    for author, before, body in STORY_COMMENTS:
+        org.comments[STORY_ID].append({
+            "id": org.new_id("comment"), "body": body, "mentions": [], "created_at": BASE_TIME - before,
+            "attachment": None, "task": None, "author": org.user_ref(by_name[author]),
+        })
+    org.state[STORY_ID] = {"status": "open", "flagged": True}
+    org.touch(STORY_ID, BASE_TIME - STORY_MESSAGES[-1][1])
+
+
 def build_org(seed: int = 7, conversations: int = 50) -> DemoOrg:
     """Build the seeded organisation (same seed → same org, ids and timestamps)."""
     rng = random.Random(seed)
@@ -261,17 +312,19 @@ def build_org(seed: int = 7, conversations: int = 50) -> DemoOrg:
                                                     "name": company}}],
         })
 
-    for i in range(conversations):
+    for i in range(conversations - 1):  # and the story: conversation 987654
         vip = i % 7 == 0
         team_name = "VIP Care" if vip else rng.choice(("Support", "Support", "Billing"))
         team_obj = teams[team_name]
-        customer = {"name": "VIP Desk", "address": VIP_ADDRESS} if vip else dict(
+        customer = {"name": VIP_NAME, "address": VIP_ADDRESS} if vip else dict(
             zip(("name", "address"), rng.choice(CUSTOMERS[:6]), strict=True))
         subject = f"{rng.choice(SUBJECTS[team_name])} [#{4100 + i}]"
         created = BASE_TIME - rng.randint(2 * 3600, 60 * 86_400)
         conv = org.new_conversation(subject, team_obj, created)
         cid = conv["id"]
         names = {"vip"} if vip else set()
+        if team_name == "Support":
+            names.add("L1 Support")
         if team_name == "Billing":
             names.add("billing")
         if "Refund" in subject:
@@ -280,11 +333,13 @@ def build_org(seed: int = 7, conversations: int = 50) -> DemoOrg:
             names.add("bug")
         if "Urgent" in subject or rng.random() < 0.12:
             names.add("urgent")
-        conv["shared_labels"] = [org.ref(labels[n]) for n, _ in LABELS if n in names]
-        conv["shared_label_names"] = ", ".join(lb["name"] for lb in conv["shared_labels"])
         assignees = rng.sample(members[team_name], rng.choice((0, 1, 1, 2)))
         if i % 5 == 1 and org.me not in assignees:
             assignees.append(org.me)  # the token owner has a few assigned conversations
+        if team_name == "Support" and not assignees:
+            names.add("Support Triage")  # nobody has taken it yet
+        conv["shared_labels"] = [org.ref(labels[n]) for n, _ in LABELS if n in names]
+        conv["shared_label_names"] = ", ".join(lb["name"] for lb in conv["shared_labels"])
         conv["assignees"] = [org.user_ref(u) for u in assignees]
         conv["assignee_names"] = ", ".join(u["name"] for u in assignees)
         conv["assignee_emails"] = ", ".join(u["email"] for u in assignees)
@@ -315,6 +370,7 @@ def build_org(seed: int = 7, conversations: int = 50) -> DemoOrg:
             status = "open"
         org.state[cid] = {"status": status, "flagged": rng.random() < 0.15}
         org.touch(cid, conv["last_activity_at"])
+    _seed_story(org, teams["Support"], [labels[n] for n in ("L1 Support", "Support Triage", "vip", "urgent")])
 
     org.contact_books.append({"id": book, "name": "Customers", "description": "Customer contacts",
                               "user": None, "share_with_organization": True, "share_with_team": None,

@@ -21,7 +21,8 @@ from typing import Any
 
 from ..config import Server
 from ..observe.decision_log import DecisionLog
-from ..observe.metrics import Metrics
+from ..observe.log_context import note_decision
+from ..observe.metrics import MCP_METHODS, OTHER, Metrics, current, error_type_of
 from ..policy.engine import PolicyEngine, PolicyError, to_decision
 from ..protocol import jsonrpc
 from ..protocol.headers import META_PROTOCOL_VERSION
@@ -139,6 +140,7 @@ class Enforcer:
         self._ids = DecisionIds()
         self._clock = clock
         self._now = (0, "")
+        self._catalog_names: tuple[Catalog | None, frozenset[str]] = (None, frozenset())
 
     def set_servers(self, servers: tuple[Server, ...]) -> None:
         """After a config reload: the servers' policy input, rebuilt once."""
@@ -198,10 +200,14 @@ class Enforcer:
         decision_id = self._record(input, ruling)
         if ruling.allow or self.dry_run:
             return Verdict(True, headers=call.forward_headers if call is not None else ())
-        return self._refusal_verdict(channel, msg, method, name, ruling, decision_id)
+        verdict = self._refusal_verdict(channel, msg, method, name, ruling, decision_id)
+        current().error_type = error_type_of(verdict.reply)
+        return verdict
 
     async def server_message(self, channel: Channel, msg: Message) -> Message | None:
         if msg.kind is Kind.RESPONSE:
+            if msg.id is not None and msg.id == channel.request_id:  # the answer to this request's message
+                current().error_type = error_type_of(msg.data)
             result = msg.data.get("result")
             page = channel.watched.get(msg.id) == "tools/list" or (isinstance(result, dict) and _has_tools(result))
             if not page or "error" in msg.data:
@@ -344,12 +350,31 @@ class Enforcer:
                       scope=scope if isinstance(scope, str) and scope else None, result=decision.result,
                       eval_ns=elapsed)
 
+    def _tool_label(self, name: str | None) -> str:
+        """A tool name as a metric label: only one the catalog names or the upstream declared."""
+        catalog = self.policy.catalog
+        if self._catalog_names[0] is not catalog:  # a policy reload brought another catalog
+            self._catalog_names = (catalog, frozenset(catalog.known_names))
+        if name is not None and (name in self.inventory or name in self._catalog_names[1]):
+            return name
+        return OTHER
+
     def _record(self, input: dict[str, Any], ruling: Ruling) -> str:
         """The decision's one log entry and one count; its decision id."""
         engine = self.policy.engine
         decision_id = self._ids.next()
         outcome = "error" if ruling.refusal is Refusal.ENGINE_ERROR else "allow" if ruling.allow else "deny"
-        self.metrics.decision(input["server"]["name"], outcome, self._mode)
+        server = input["server"]["name"]
+        self.metrics.decision(server, outcome, self._mode)
+        message = input["message"]
+        if message["direction"] == CLIENT_TO_SERVER and message["kind"] != "response":
+            # The request's own decision (a tools/list page's is the answer's): its metric labels.
+            record, method = current(), message["method"]
+            record.method, record.decision = method if method in MCP_METHODS else OTHER, outcome
+            if method == "tools/call":
+                record.tool = tool = self._tool_label(message["name"])
+                self.metrics.tool_call(server, tool, outcome)
         labels = {"engine": engine.name, "revision": engine.revision, "mode": self._mode}
         self._log.log(decision_id, input["time"], input, ruling.result, ruling.eval_ns, labels)
+        note_decision(decision_id)  # for the request's access-log line
         return decision_id

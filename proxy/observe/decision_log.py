@@ -1,19 +1,25 @@
-"""Decision log: one JSON line per policy decision, in OPA's decision-log shape.
+"""Decision log: one entry per policy decision, in OPA's decision-log event shape.
 
-Lines are buffered and written at most every `flush_s` (and at shutdown), so logging a decision
-costs a serialization, not a system call, on the hot path. Tool arguments are redacted by default:
-policies see them, logs keep only their names.
+Each entry is serialized once; lines are buffered and written at most every `flush_s` (and at
+shutdown), so logging a decision costs a serialization, not a system call, on the hot path; the
+shipper (decision_shipper.py) takes the same bytes. Tool arguments are redacted by default:
+policies see them, logs keep only their names. Formats: docs/logging.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from collections.abc import Callable
 from typing import IO, Any
 
 import orjson
 
 from .. import __version__
+from ..config import DecisionLogService
+from . import logging_setup
+from .decision_shipper import DecisionShipper
 
 REDACTED = "[redacted]"
 
@@ -51,15 +57,23 @@ def encodable(value: Any, depth: int = 0) -> Any:
 
 
 class DecisionLog:
+    """Each decision once serialized (OPA's event shape), then written to the sink and handed to
+    the shipper. `sink`: `stdout` (a log line: docs/logging.md), `file:PATH` (OPA events, one a
+    line), `off`. `service`: where decisions are also shipped (proxy/observe/decision_shipper.py)."""
+
     def __init__(self, sink: str = "stdout", *, path: str = "mcp/authz/decision", redact_arguments: bool = True,
-                 flush_s: float = 0.5) -> None:
-        self.enabled = sink != "off"
+                 flush_s: float = 0.5, service: DecisionLogService | None = None,
+                 dropped: Callable[[int], None] = lambda n: None, line_format: str | None = None) -> None:
         self._stream: IO[bytes] | None = None
         if sink == "stdout":
             self._stream = sys.stdout.buffer
         elif sink.startswith("file:"):
             self._stream = open(sink[len("file:"):], "ab")  # noqa: SIM115  (closed in close())
         self._owns_stream = sink.startswith("file:")
+        self._envelope = sink == "stdout"  # stdout lines are log lines: they carry the log fields too
+        self._text = self._envelope and (line_format or logging_setup.current_format()) == "text"
+        self.shipper = DecisionShipper(service, dropped) if service is not None else None
+        self.enabled = self._stream is not None or self.shipper is not None
         self._path = path
         self._redact = redact_arguments
         self._flush_s = flush_s
@@ -77,9 +91,19 @@ class DecisionLog:
             "labels": {"app": "mcp-policy-proxy", "version": __version__, **labels},
         }
         try:
-            line = orjson.dumps(entry)
+            event = orjson.dumps(entry)
         except (TypeError, orjson.JSONEncodeError):  # still one entry per decision, never a lost one
-            line = orjson.dumps(encodable(entry))
+            event = orjson.dumps(encodable(entry))
+        if self.shipper is not None:
+            self.shipper.add(event)
+        if self._stream is None:
+            return
+        if self._text:
+            line = summary(entry).encode()
+        elif self._envelope:  # the log fields, then the event's own: `{"level":…,"type":…,"decision_id":…}`
+            line = b'{"time":"%s",%s%s' % (logging_setup.rfc3339_ms(time.time()).encode(), _ENVELOPE, event[1:])
+        else:
+            line = event
         self._buffer.append(line + b"\n")
         if self._timer is None:
             try:
@@ -87,7 +111,14 @@ class DecisionLog:
             except RuntimeError:  # no loop (CLI use): write now
                 self.flush()
 
+    def start(self) -> None:
+        """In the running loop (the app's lifespan): the shipper's background uploads begin."""
+        if self.shipper is not None:
+            self.shipper.start()
+
     def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         self._timer = None
         if self._buffer and self._stream is not None:
             self._stream.write(b"".join(self._buffer))
@@ -98,3 +129,36 @@ class DecisionLog:
         self.flush()
         if self._owns_stream and self._stream is not None:
             self._stream.close()
+
+    async def aclose(self) -> None:
+        """At shutdown: local lines written, what the shipper holds uploaded (within its timeout)."""
+        self.flush()
+        if self.shipper is not None:
+            await self.shipper.close()
+        self.close()
+
+
+_ENVELOPE = b'"level":"info","logger":"mcp_policy_proxy.decision_log","msg":"Decision Log",' \
+            b'"type":"openpolicyagent.org/decision_logs",'
+
+
+def _printable(text: Any) -> str:
+    """Client-chosen text (a tool name) on one line, whatever it holds."""
+    text = str(text)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def summary(entry: dict[str, Any]) -> str:
+    """A decision in text mode: `… INFO mcp_policy_proxy.decision_log: deny server=support tools/call
+    send_message reasons="…" decision_id=…` (the whole event: json mode, a file sink, the service)."""
+    result, input = entry["result"], entry["input"]
+    outcome = "deny"
+    if isinstance(result, dict):
+        outcome = "allow" if result.get("allow") is True else "error" if "error" in result else "deny"
+    message = input.get("message") or {}
+    what = " ".join(_printable(w) for w in (message.get("method"), message.get("name")) if w)
+    server = (input.get("server") or {}).get("name", "")
+    reasons = result.get("reasons") if isinstance(result, dict) else None
+    because = f' reasons="{_printable("; ".join(map(str, reasons)))}"' if reasons else ""
+    return (f"{logging_setup.text_time(time.time())} INFO mcp_policy_proxy.decision_log: {outcome} "
+            f"server={_printable(server)} {what}{because} decision_id={entry['decision_id']}")

@@ -19,18 +19,8 @@ os.environ["RUST_BACKTRACE"] = "0"  # regorus errors would otherwise carry (and 
 
 import regorus
 
-from .engine import PolicyError, to_decision
+from .engine import SMOKE_INPUT, PolicyError, to_decision
 from .loader import PolicyBundle, PolicyLoadError
-
-# A message every sane policy can decide: compiling is not enough, the query must answer.
-SMOKE_INPUT: dict[str, Any] = {
-    "version": 1, "time": "2000-01-01T00:00:00Z",
-    "server": {"name": "smoke", "methods": [], "tags": [], "require_api_token_auth": False, "expires_at": None,
-               "params": {}},
-    "principal": {"authenticated": False, "via": [], "subject": None, "claims": {}, "scopes": []},
-    "transport": {"kind": "streamable_http", "protocol_version": None, "http_method": "POST", "origin": None},
-    "message": {"kind": "request", "direction": "client_to_server", "method": "ping", "name": None},
-}
 
 
 def _first_line(exc: Exception) -> str:
@@ -71,6 +61,15 @@ class EmbeddedEngine:
         try:
             return self._run(input)
         except Exception as exc:  # a builtin given bad input raises: deny, never crash
+            raise PolicyError(_first_line(exc)) from None
+
+    async def probe(self) -> None:
+        """One evaluation of the smoke input (tens of µs): nothing to cache."""
+        try:
+            to_decision(self._run(SMOKE_INPUT))
+        except PolicyError:
+            raise
+        except Exception as exc:
             raise PolicyError(_first_line(exc)) from None
 
     async def close(self) -> None:

@@ -10,6 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+# A message every sane policy can decide: the embedded engine requires a decision for it when it
+# loads a version, and readiness (/readyz) asks either engine to decide it.
+SMOKE_INPUT: dict[str, Any] = {
+    "version": 1, "time": "2000-01-01T00:00:00Z",
+    "server": {"name": "smoke", "methods": [], "tags": [], "require_api_token_auth": False, "expires_at": None,
+               "params": {}},
+    "principal": {"authenticated": False, "via": [], "subject": None, "claims": {}, "scopes": []},
+    "transport": {"kind": "streamable_http", "protocol_version": None, "http_method": "POST", "origin": None},
+    "message": {"kind": "request", "direction": "client_to_server", "method": "ping", "name": None},
+}
+
 
 class PolicyError(Exception):
     """The engine could not decide (unavailable, timed out, evaluation error, bad result)."""
@@ -29,6 +40,11 @@ class PolicyEngine(Protocol):
 
     async def evaluate(self, input: dict[str, Any]) -> Any:
         """The value of the decision query for `input`; PolicyError if there is none."""
+        ...
+
+    async def probe(self) -> None:
+        """Readiness: return if the engine decides SMOKE_INPUT now, else PolicyError saying why
+        (a text without URLs or secrets: /readyz shows it). Cheap enough for every probe."""
         ...
 
     async def close(self) -> None:

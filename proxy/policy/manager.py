@@ -29,7 +29,7 @@ from ..enforce.catalog import Catalog, CatalogError
 from ..enforce.enforcer import PolicySet
 from ..observe.metrics import Metrics
 from .embedded import EmbeddedEngine
-from .engine import PolicyEngine
+from .engine import PolicyEngine, PolicyError
 from .loader import DATA_FILES, PolicyLoadError, load_bundle
 
 log = logging.getLogger("mcp_policy_proxy.policy")
@@ -128,6 +128,15 @@ class PolicyManager:
         self.holder.metrics.policy_in_force(policy.engine.revision)
         log.info("policy reloaded: revision %s", policy.engine.revision)
         return True
+
+    async def readiness(self) -> str | None:
+        """None when the policy set in force can decide now (its engine answers a probe decision),
+        else why not, for /readyz (no URL, no secret)."""
+        try:
+            await self.holder.policy.engine.probe()
+        except PolicyError as exc:
+            return f"policy engine unavailable: {exc}"
+        return None
 
     def poll(self) -> None:
         """One look at the files: reload a change once it has held still for a polling interval."""

@@ -23,6 +23,8 @@ Here one `aiohttp.ClientSession` per engine, opened by the first evaluation insi
 request sent on a kept-alive connection the server had just closed is sent once more on a new one
 if the budget allows (evaluating is side-effect free); nothing else is retried.
 
+`probe()` (readiness, /readyz) sends the same query for a fixed input, once a second at most.
+
 Each query asks for `?provenance=true`; when OPA serves bundles, their revisions become `revision`
 (`name:rev` joined by `,` if there are several), else it stays "remote".
 """
@@ -31,16 +33,19 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
-from .engine import PolicyError
+from .engine import SMOKE_INPUT, PolicyError, to_decision
 
 _SEGMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+PROBE_TTL_S = 1.0  # how long a readiness probe's outcome is reused
+PROBE_TIMEOUT_S = 1.0  # a probe's budget at most (policy.opa.timeout_ms if shorter)
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)  # ClientConnectorError, a subclass, is not
 
 
@@ -88,8 +93,8 @@ class OpaEngine:
         prefix = parts.path.rstrip("/")
         self._url = f"{parts.scheme}://{parts.netloc}{prefix}/v1/data/{_data_path(query)}?provenance=true"
         self._timeout = timeout_ms / 1000
-        self._timeout_ms = timeout_ms
         self._session: aiohttp.ClientSession | None = None
+        self._probe: tuple[float, asyncio.Future[str | None]] | None = None  # (started, outcome)
         self.revision = "remote"
 
     def _open(self) -> aiohttp.ClientSession:
@@ -117,15 +122,18 @@ class OpaEngine:
             return await self._send(session, body)
 
     async def evaluate(self, input: dict[str, Any]) -> Any:
+        return await self._query(input, self._timeout)
+
+    async def _query(self, input: dict[str, Any], timeout_s: float) -> Any:
         try:
             body = orjson.dumps({"input": input})
         except TypeError:
             raise PolicyError("the policy input cannot be encoded as JSON") from None
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(timeout_s):
                 status, raw = await self._post(body)
         except TimeoutError:
-            raise PolicyError(f"OPA did not answer within {self._timeout_ms} ms") from None
+            raise PolicyError(f"OPA did not answer within {round(timeout_s * 1000)} ms") from None
         except aiohttp.ClientError as exc:
             raise PolicyError(f"OPA is unreachable ({type(exc).__name__})") from None
         except Exception as exc:  # anything else denies too
@@ -145,7 +153,29 @@ class OpaEngine:
             self.revision = revision
         return answer["result"]
 
+    async def probe(self) -> None:
+        """A real decision query for SMOKE_INPUT (at most PROBE_TIMEOUT_S), its outcome kept for
+        PROBE_TTL_S: probes from every kubelet and load balancer cost OPA one query a second.
+        Concurrent probes share the query in flight."""
+        now = time.monotonic()
+        if self._probe is None or now - self._probe[0] >= PROBE_TTL_S:
+            self._probe = (now, asyncio.ensure_future(self._probe_once()))
+        # shielded: a probe whose client leaves must not cancel the answer the others wait for
+        problem = await asyncio.shield(self._probe[1])
+        if problem is not None:
+            raise PolicyError(problem)
+
+    async def _probe_once(self) -> str | None:
+        try:
+            to_decision(await self._query(SMOKE_INPUT, min(self._timeout, PROBE_TIMEOUT_S)))
+        except PolicyError as exc:
+            return str(exc)
+        return None
+
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe[1].cancel()
+            self._probe = None
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()

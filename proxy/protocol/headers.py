@@ -71,11 +71,14 @@ def upstream_request_headers(client: Iterable[tuple[str, str]], extra: dict[str,
     return out
 
 
-def client_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    """Upstream response headers fit to relay to the client, as ASGI raw pairs."""
+def client_response_headers(upstream: Iterable[tuple[str, str]], replace: Iterable[tuple[str, str]] = ()
+                            ) -> list[tuple[bytes, bytes]]:
+    """Upstream response headers fit to relay to the client, as ASGI raw pairs; `replace`: fields
+    of the proxy's own (lowercase names: the normalized rate limits) in place of the upstream's."""
     items = [(n.lower(), v) for n, v in upstream]
-    drop = _NOT_RELAYED_RESPONSE | _connection_tokens(items)
-    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in items if n not in drop]
+    own = list(replace)
+    drop = _NOT_RELAYED_RESPONSE | _connection_tokens(items) | {n for n, _ in own}
+    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in [*(i for i in items if i[0] not in drop), *own]]
 
 
 def redirect(status: int, headers: Iterable[tuple[str, str]]) -> bool:

@@ -14,7 +14,7 @@ from ..enforce.pipeline import Verdict
 from ..protocol import jsonrpc
 from ..protocol.jsonrpc import ProtocolError
 from .admission import Refusal
-from .relay import JSON_HEADER, BodyResponse
+from .relay import JSON_HEADER, BodyResponse, RateLimited
 from .upstream import UpstreamError
 
 
@@ -47,7 +47,28 @@ def protocol_failure(exc: ProtocolError) -> Answer:
 
 def upstream_failure(exc: UpstreamError, request_id: Any) -> Answer:
     """(`Retry-After` with the 503 of the upstream connection limit.)"""
+    if isinstance(exc, RateLimited):
+        return rate_limited(exc, request_id)
     return Answer(exc.status, jsonrpc.error_response(request_id, jsonrpc.INTERNAL_ERROR, exc.message), exc.headers)
+
+
+def rate_limited(exc: RateLimited, request_id: Any) -> Answer:
+    """An upstream 429 told to the agent (servers[].surface_rate_limit; docs/rate-limits.md): a
+    tools/call gets a tool result the model reads and can back off from, any other request a
+    JSON-RPC error naming the wait. 200, with the rate-limit fields: the client reads the message."""
+    limits, wait = exc.limits, exc.limits.retry_in_s
+    text = "rate limited by the upstream; " + (f"retry after {wait} s" if wait is not None else "retry later")
+    message: dict[str, Any]
+    if exc.method == "tools/call":
+        result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": True,
+                                  "_meta": {"ratelimit": limits.meta()}}
+        if jsonrpc.result_type_needed(exc.revision):
+            result["resultType"] = "complete"
+        message = {"jsonrpc": "2.0", "id": request_id, "result": result}
+    else:
+        message = jsonrpc.error_response(request_id, jsonrpc.INTERNAL_ERROR, text,
+                                         {"retry_after_s": wait, "ratelimit": limits.meta()})
+    return Answer(200, message, exc.headers)
 
 
 # Seconds a refused client waits before trying again: a stream slot frees when some stream ends;

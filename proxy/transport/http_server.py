@@ -247,10 +247,11 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(app: Any, config: Config, drain: Callable[[], None], refused: Callable[[str], None], *,
-          log_level: str, access_log: bool) -> bool:
+          log_level: str, access_log: bool, log_config: dict[str, Any] | None = None) -> bool:
     """Serve `app` until SIGTERM/SIGINT and the drain are done; False when it never started."""
     server_config = uvicorn.Config(
         app, host=config.listen.host, port=config.listen.port, log_level=log_level, loop="uvloop",
+        log_config=log_config or uvicorn.config.LOGGING_CONFIG,  # proxy/observe/logging_setup.py builds it
         http=protocol_for(config.limits, refused), access_log=access_log, server_header=False, lifespan="on",
         timeout_graceful_shutdown=config.limits.shutdown_grace_s,  # type: ignore[arg-type]  # float works
     )

@@ -24,14 +24,14 @@ from starlette.requests import Request
 from ..auth.authenticator import Access
 from ..enforce.pipeline import Channel
 from ..protocol import jsonrpc
-from ..protocol.headers import client_response_headers, upstream_request_headers
+from ..protocol.headers import upstream_request_headers
 from ..protocol.jsonrpc import INVALID_REQUEST, ProtocolError
 from ..protocol.sse import Event, encode_event
 from ..protocol.urls import normalize_url
 from . import answers
 from .context import ProxyContext
 from .intake import admit
-from .relay import SSE_TYPE, BodyResponse, StreamResponse, relay, relay_sse, typed
+from .relay import SSE_TYPE, BodyResponse, StreamResponse, observe_rate_limits, relay, relay_sse, relayed_headers, typed
 from .streams import forward
 from .upstream import UpstreamError
 
@@ -151,7 +151,7 @@ async def _open_session(ctx: ProxyContext, request: Request, access: Access, cha
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    response = StreamResponse(200, typed(client_response_headers(resp.headers), SSE_TYPE), stream())
+    response = StreamResponse(200, typed(relayed_headers(resp, observe_rate_limits(resp)), SSE_TYPE), stream())
     response.end_at = access.valid_until
     response.ended = ctx.revocation(access.server.name)
     return response
@@ -182,7 +182,7 @@ async def post_message(ctx: ProxyContext, request: Request, access: Access) -> A
     async def exchange() -> BodyResponse | StreamResponse:
         resp = await ctx.upstream.send("POST", upstream_url, headers, msg.encode())
         return await relay(session.channel, ctx.pipeline, resp, max_event_bytes=ctx.config.limits.max_sse_event_bytes,
-                           timeout_s=ctx.config.upstream.timeout_s)
+                           timeout_s=ctx.config.upstream.timeout_s, request_id=msg.id)
 
     try:  # this transport's answers travel on the session's stream: the POST's own is no stream
         relayed = await forward(ctx, access, exchange, may_stream=False, request_id=msg.id)

@@ -13,8 +13,11 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+from .. import ratelimit
 from ..enforce.pipeline import DROP, Channel, Pipeline
+from ..observe.metrics import current
 from ..protocol import jsonrpc
 from ..protocol.headers import client_response_headers
 from ..protocol.jsonrpc import Kind
@@ -101,9 +104,29 @@ class StreamResponse:
             raise exc
 
 
+class RateLimited(UpstreamError):
+    """An upstream 429 answering a request to a server whose rate limits are surfaced to the agent
+    (servers[].surface_rate_limit): the proxy answers it itself (answers.rate_limited)."""
+
+    def __init__(self, limits: ratelimit.RateLimits, method: str | None, revision: str | None,
+                 headers: tuple[tuple[str, str], ...]) -> None:
+        super().__init__(429, "rate limited by the upstream", headers)
+        self.limits, self.method, self.revision = limits, method, revision
+
+
 async def relay(channel: Channel, pipeline: Pipeline, resp: UpstreamResponse, *, max_event_bytes: int,
-                timeout_s: float, on_event: EventHook | None = None) -> BodyResponse | StreamResponse:
-    headers = client_response_headers(resp.headers)
+                timeout_s: float, on_event: EventHook | None = None, request_id: Any = None
+                ) -> BodyResponse | StreamResponse:
+    """`request_id`: the request this answer answers, when the channel does not name it (a legacy POST)."""
+    limits = observe_rate_limits(resp)
+    if resp.status == 429 and channel.server.surface_rate_limit:
+        target = channel.request_id if request_id is None else request_id
+        method = channel.watched.get(target) if target is not None else None
+        if method is not None:  # it answers a request (not a notification's or a response's POST)
+            resp.close()  # its body is replaced by the proxy's answer
+            limits = limits or ratelimit.RateLimits()
+            raise RateLimited(limits, method, channel.protocol_version, tuple(ratelimit.carried(resp.headers, limits)))
+    headers = relayed_headers(resp, limits)
     media = resp.content_type.partition(";")[0].strip()
     if media.startswith("text/event-stream"):
         events = relay_sse(channel, pipeline, resp.chunks(), max_event_bytes, on_event)
@@ -133,6 +156,20 @@ async def relay(channel: Channel, pipeline: Pipeline, resp: UpstreamResponse, *,
     if not payload:
         return BodyResponse(202, [], b"")
     return BodyResponse(502 if undecided else resp.status, typed(headers, JSON_TYPE), payload)
+
+
+def observe_rate_limits(resp: UpstreamResponse) -> ratelimit.RateLimits | None:
+    """The upstream answer's rate limits, normalized, and noted for the metrics. Never retried,
+    never throttled: only described (docs/rate-limits.md)."""
+    limits = ratelimit.read(resp.headers, time.time())
+    if limits is not None or resp.status == 429:
+        current().rate_limits = (resp.status, limits)
+    return limits
+
+
+def relayed_headers(resp: UpstreamResponse, limits: ratelimit.RateLimits | None) -> RawHeaders:
+    """The upstream answer's headers for the client, with the normalized rate-limit fields."""
+    return client_response_headers(resp.headers, limits.fields() if limits is not None else ())
 
 
 JSON_TYPE = b"application/json"

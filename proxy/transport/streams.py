@@ -17,10 +17,12 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from ..auth.authenticator import Access
+from ..observe.metrics import OTHER, STATUS_LABELS, current
 from . import answers
 from .admission import Refusal, Slot
 from .context import ProxyContext
 from .relay import BodyResponse, StreamResponse
+from .upstream import UpstreamError
 
 Relayed = BodyResponse | StreamResponse
 
@@ -61,18 +63,26 @@ async def forward(ctx: ProxyContext, access: Access, exchange: Callable[[], Awai
     exchange is cancelled (ClientDisconnect): a request still waiting for an upstream connection is
     never sent, one under way has its upstream connection closed (as nginx does by default)."""
     identity, server = access.principal.identity, access.server.name
+    record = current()  # the request's outcome is noted here, once for every transport
     slot: Slot | None = None
     if may_stream:
         taken = ctx.admission.take(identity, server, legacy=legacy)
         if isinstance(taken, Refusal):
+            record.outcome, record.error_type = "limited", str(taken.status)
             return answers.limit_reached(taken, request_id)
         slot = taken
     try:
         response = await (exchange() if receive is None else _unless_gone(exchange, receive))
-    except BaseException:
+    except BaseException as exc:
         if slot is not None:
             slot.release()
+        if isinstance(exc, UpstreamError):  # 503: the upstream connection limit (upstream.py)
+            record.outcome = "limited" if exc.status == 503 else "upstream_error"
+            record.error_type = str(exc.status)
         raise
+    record.outcome = "forwarded"
+    if response.status >= 400 and not record.error_type:  # no JSON-RPC error named it (the enforcer)
+        record.error_type = STATUS_LABELS.get(response.status, OTHER)
     if not isinstance(response, StreamResponse):
         if slot is not None:
             slot.release()

@@ -402,16 +402,25 @@ class UpstreamClient:
     """Keep-alive connections to the upstream, per origin: at most `max_connections` open (idle
     and in use), one exchange per connection at a time, further requests queued (FIFO, bounded).
 
-    `on_limit` is called for every request refused at the connection limit (a metric)."""
+    `on_limit` is called for every request refused at the connection limit (a metric);
+    `on_answer(status, seconds)` for every answer head, with the time since its request was written."""
 
-    def __init__(self, config: UpstreamConfig, on_limit: Callable[[], None] | None = None) -> None:
+    def __init__(self, config: UpstreamConfig, on_limit: Callable[[], None] | None = None,
+                 on_answer: Callable[[int, float], None] | None = None) -> None:
         self.config = config
         self.headers = dict(config.headers)
         self._on_limit = on_limit
+        self._on_answer = on_answer
         self._pools: dict[tuple[str, str, int], _Pool] = {}
         self._targets: dict[str, tuple[_Pool, bytes]] = {}
         self._tls: ssl.SSLContext | None = None
         self._limited = (("retry-after", str(max(1, math.ceil(config.queue_timeout_s)))),)
+
+    def pool_stats(self) -> tuple[int, int, int]:
+        """(open, idle, waiting) over every origin's pool: connections open (idle, in use, being
+        opened), those idle, and requests waiting for one."""
+        pools = self._pools.values()
+        return (sum(p.open for p in pools), sum(len(p.idle) for p in pools), sum(len(p.waiters) for p in pools))
 
     async def close(self) -> None:
         """Close the idle connections; those under way close when their exchange ends."""
@@ -607,10 +616,13 @@ class UpstreamClient:
         if conn.closed:
             raise UpstreamError(502, "Upstream closed the connection")
         conn.active = True
+        written = time.perf_counter()
         conn.transport.write(request)
         timer = conn.loop.call_later(self.config.timeout_s, conn.time_out)
         try:
             await conn.head
+            if self._on_answer is not None:
+                self._on_answer(conn.status, time.perf_counter() - written)
             return UpstreamResponse(self, conn)  # refuses redirects, and codings it cannot decode
         except BaseException:
             conn.close()

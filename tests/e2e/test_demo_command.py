@@ -5,8 +5,10 @@ or a SIGTERM to the launcher stops the proxy and the demo upstream, even with a 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from tests.leakcheck import secret
 from tests.peers.clients import sdk_client, sse_client
@@ -42,12 +46,13 @@ class Demo:
         return code
 
 
-def _start(port: int, stderr: Path) -> Demo:
-    """Run the console script in its own process group (as a shell job is) and read its banner."""
+def _start(port: int, stderr: Path, command: list[str] | None = None, env: dict[str, str] | None = None) -> Demo:
+    """Run the console script (or `command`) in its own process group (as a shell job is) and read
+    its banner."""
     script = Path(sys.executable).with_name("mcp-policy-proxy")
     with stderr.open("w") as err:
-        proc = subprocess.Popen([str(script), "demo", "--port", str(port)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                                stderr=err, text=True, start_new_session=True)
+        proc = subprocess.Popen([*(command or [str(script), "demo"]), "--port", str(port)], cwd=REPO_ROOT,
+                                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True, env=env)
     assert proc.stdout is not None
     lines: list[str] = []
     deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -102,6 +107,53 @@ async def test_sigterm_to_the_launcher_stops_the_upstream_too(demo: Demo, tmp_pa
     assert "Traceback" not in (tmp_path / "demo.stderr").read_text()
 
 
+async def test_demo_script_needs_no_node_and_prints_each_decision(tmp_path: Path) -> None:
+    """scripts/demo.sh with a PATH holding only what the script itself runs (no node, no npm):
+    it starts, prints where /metrics is, and one line per decision, allow and deny, with the reason."""
+    venv = Path(sys.executable).parent.parent
+    stamp = venv / f".installed-{hashlib.sha256((REPO_ROOT / 'pyproject.toml').read_bytes()).hexdigest()[:16]}"
+    if not stamp.exists():
+        pytest.skip("this venv was not installed by scripts/venv.sh for the current pyproject.toml")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname", "sha256sum", "cut"):
+        found = shutil.which(tool)
+        assert found, tool
+        (bin_dir / tool).symlink_to(found)
+    path = str(bin_dir)
+    assert shutil.which("node", path=path) is None and shutil.which("npm", path=path) is None
+    env = {"PATH": path, "HOME": str(tmp_path), "VENV": str(venv), "LANG": "C.UTF-8"}
+    port = free_port()
+    demo = _start(port, tmp_path / "demo.stderr", ["bash", "scripts/demo.sh"], env)
+    try:
+        assert f"Metrics (Prometheus text): http://127.0.0.1:{port}/metrics" in demo.banner
+        async with httpx.AsyncClient() as http:
+            metrics = await http.get(f"http://127.0.0.1:{port}/metrics")
+        assert metrics.status_code == 200 and "mcp_proxy_" in metrics.text
+        async with sdk_client(demo.urls["triage"]) as client:
+            assert "create_a_missive_post" not in await client.tool_names()
+            await client.call_text("get_single_missive_conversation_by_id", {"id": "987654"})
+            with pytest.raises(MCPError):
+                await client.call_tool("create_a_missive_post", {"conversation": "987654", "text": "Summary"})
+        await asyncio.sleep(1)  # the decision log is written every half second
+        os.killpg(demo.proc.pid, signal.SIGINT)
+        assert await asyncio.to_thread(demo.wait_closed) == 0
+    finally:
+        if demo.proc.poll() is None:
+            os.killpg(demo.proc.pid, signal.SIGKILL)
+            demo.proc.wait()
+    assert demo.proc.stdout is not None
+    lines = demo.proc.stdout.read().splitlines()
+    assert any(re.search(r"triage +tools/call get_single_missive_conversation_by_id +allow$", line)
+               for line in lines), lines
+    assert any(re.search(r"triage +tools/list \(answer\) +allow  \d+ of 37 tools visible", line) for line in lines)
+    denied = [line for line in lines if re.search(r"triage +tools/call create_a_missive_post +DENY  ", line)]
+    assert denied and "create is not among the methods of server triage" in denied[0], lines
+    assert not any("{" in line for line in lines)  # lines, not JSON
+    errors = (tmp_path / "demo.stderr").read_text()
+    assert "Traceback" not in errors and "npm" not in errors, errors
+
+
 def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     import socket
 
@@ -114,3 +166,19 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
                               text=True, timeout=30)
     assert done.returncode == 2
     assert f"127.0.0.1:{port} is in use" in done.stderr and "--port" in done.stderr
+
+
+def test_decision_lines_say_what_was_decided_and_why() -> None:
+    from proxy.demo_launcher import format_decision
+
+    entry = {"timestamp": "2026-01-01T09:30:00Z", "labels": {"mode": "enforce"},
+             "input": {"server": {"name": "support"},
+                       "message": {"kind": "request", "method": "tools/call", "name": "create_a_missive_draft"}},
+             "result": {"allow": False, "reasons": ["sending is left to a human"], "visible_tools": []}}
+    assert re.fullmatch(r"09:30:00 support +tools/call create_a_missive_draft +DENY  sending is left to a human",
+                        format_decision(entry))
+    failed = {**entry, "result": {"error": "OPA did not answer within 250 ms"}}
+    assert format_decision(failed).endswith("ERROR  policy engine unavailable: OPA did not answer within 250 ms")
+    dry = {**entry, "labels": {"mode": "dry_run"}}
+    assert "DENY (dry run: not enforced)  sending" in format_decision(dry)
+    assert format_decision({}).split() == ["?", "?", "DENY"]  # never raises on an odd entry

@@ -36,35 +36,37 @@ async def call_json(client, tool: str, args: dict) -> dict:
 
 
 async def triage_reads(client) -> tuple[dict, dict, int]:
-    """Workflow (a), reads: the newest unresolved conversation labelled vip, its messages and
-    comments, the VIP Care team. Returns (conversation, team, number of messages)."""
+    """Workflow (a), reads: the newest unresolved conversation in the shared label `L1 Support`, its
+    messages and comments, the team `Backend Engineering`. Returns (conversation, team, number of
+    messages)."""
     labels = (await call_json(client, "list_all_missive_shared_labels", {}))["shared_labels"]
-    vip = next(label for label in labels if label["name"] == "vip")
+    l1 = next(label for label in labels if label["name"] == "L1 Support")
     conversations = (await call_json(client, "list_all_missive_conversations",
-                                     {"shared_label": vip["id"], "limit": 10}))["conversations"]
-    assert conversations and all(vip["id"] in [lb["id"] for lb in c["shared_labels"]] for c in conversations)
+                                     {"shared_label": l1["id"], "limit": 10}))["conversations"]
+    assert conversations and all(l1["id"] in [lb["id"] for lb in c["shared_labels"]] for c in conversations)
     newest = max(conversations, key=lambda c: c["last_activity_at"])
+    assert newest["id"] == "987654"  # the seed's conversation
     messages = (await call_json(client, "list_all_missive_conversation_messages",
                                 {"conversation": newest["id"]}))["messages"]
     assert messages
     await call_json(client, "list_all_missive_conversation_comments", {"conversation": newest["id"]})
     teams = (await call_json(client, "list_all_missive_teams", {}))["teams"]
-    team = next(t for t in teams if t["name"] == "VIP Care")
+    team = next(t for t in teams if t["name"] == "Backend Engineering")
     return newest, team, len(messages)
 
 
 async def vip_reads(client) -> tuple[dict, dict]:
-    """Workflow (b), reads: the conversations of an email address, the latest message, the user
-    to note. Returns (conversation, user)."""
+    """Workflow (b), reads: the conversations of `ceo@enterprise-client.com`, the latest message,
+    the user to note (Sarah Jenkins). Returns (conversation, user)."""
     found = (await call_json(client, "list_all_missive_conversations",
-                             {"all": True, "email": "vip@bigcustomer.example"}))["conversations"]
+                             {"all": True, "email": "ceo@enterprise-client.com"}))["conversations"]
     assert found
     latest = max(found, key=lambda c: c["last_activity_at"])
     messages = (await call_json(client, "list_all_missive_conversation_messages",
                                 {"conversation": latest["id"], "limit": 1}))["messages"]
     assert len(messages) == 1 and messages[0]["delivered_at"]
     users = (await call_json(client, "list_all_missive_users", {}))["users"]
-    return latest, next(u for u in users if u["name"] == "Farah Haddad")
+    return latest, next(u for u in users if u["name"] == "Sarah Jenkins")
 
 
 async def test_support_triage_workflow(demo):
@@ -76,7 +78,7 @@ async def test_support_triage_workflow(demo):
             "conversation": newest["id"], "text": f"Summary: {count} messages, needs a reply."})
         assert post["posts"]["conversation"] == newest["id"]
         task = await call_json(client, "create_a_missive_task", {
-            "title": "Answer the VIP", "team": team["id"], "conversation": newest["id"]})
+            "title": "Fix the API 502s", "team": team["id"], "conversation": newest["id"]})
         assert task["tasks"]["team"]["id"] == team["id"] and task["tasks"]["conversation"] == newest["id"]
         posts = await call_json(client, "list_all_missive_conversation_posts", {"conversation": newest["id"]})
         assert posts["posts"][0]["id"] == post["posts"]["id"]
@@ -88,7 +90,7 @@ async def test_vip_workflow_drafts_but_never_sends(demo):
         latest, user = await vip_reads(client)
         draft = await call_json(client, "create_a_missive_draft", {
             "conversation": latest["id"], "body": "Thanks, we are on it.",
-            "to_fields": [{"address": "vip@bigcustomer.example"}]})
+            "to_fields": [{"address": "ceo@enterprise-client.com"}]})
         assert draft["drafts"]["sent"] is False
         for args in ({"send": True}, {"send_at": 1_900_000_000}):
             refused = await client.call_tool("create_a_missive_draft",

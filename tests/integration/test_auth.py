@@ -154,7 +154,7 @@ async def test_protected_resource_metadata(stack):
 
 async def test_server_expires_at_its_second_without_restart(sdk_upstream, tmp_path):
     upstream = sdk_upstream("stateless-json")
-    expires = datetime.fromtimestamp(int(time.time()) + 3, UTC)
+    expires = datetime.fromtimestamp(int(time.time()) + 6, UTC)  # room for a start on a busy machine
     proxy = start_proxy(tmp_path, upstream.base, {"auth": {"url_token_key": KEY}, "servers": [
         {"name": "temp", "token_hmac": url_token_hmac(KEY, TEMP), "methods": ["read"],
          "expires_at": expires.isoformat().replace("+00:00", "Z")}]})
@@ -189,7 +189,7 @@ async def test_no_secret_in_logs_metrics_or_upstream(stack):
 
 async def test_open_streams_end_when_the_server_expires(sdk_upstream, tmp_path):
     legacy = sdk_upstream("legacy-sse")
-    expires = datetime.fromtimestamp(int(time.time()) + 3, UTC)
+    expires = datetime.fromtimestamp(int(time.time()) + 6, UTC)  # room for a start on a busy machine
     proxy = start_proxy(tmp_path, legacy.base, {"auth": {"url_token_key": KEY}, "servers": [
         {"name": "temp", "token_hmac": url_token_hmac(KEY, TEMP), "methods": ["read"],
          "expires_at": expires.isoformat().replace("+00:00", "Z")}]})

@@ -84,6 +84,11 @@ def stack(sdk_upstream_module, tmp_path_factory) -> Any:
     oauth.stop()
 
 
+def messages(log: str) -> str:
+    """The `msg` of each JSON log line, one a line."""
+    return "\n".join(json.loads(line)["msg"] for line in log.splitlines())
+
+
 async def raw(port: int, head: str) -> int | None:
     """Send `head` (request line and headers) as bytes on a socket of its own; the answer's status."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -176,14 +181,14 @@ async def test_access_log_prints_no_secret_whatever_the_request(stack):
     secrets = [*carried, *ws, *invalid, bad, OPEN, GUARDED, API_TOKEN, legacy_session]
     for name, text in texts.items():
         assert not leaked(text, secrets), f"{name}: {[secrets.index(s) for s in leaked(text, secrets)]}"
-    access = texts["stdout"]
+    access = messages(texts["stdout"])  # the proxy logs JSON lines here (docs/logging.md): their `msg`
     for line in ('"GET /[redacted]/mcp/.well-known/openid-configuration HTTP/1.1" 404',
                  f'"GET {WELL_KNOWN}/[redacted]/mcp HTTP/1.1" 404', '"GET /[redacted]/ HTTP/1.1" 404',
                  '"POST /mcp?token=[redacted] HTTP/1.1"', '"GET /healthz?access_token=[redacted] HTTP/1.1" 200',
                  '"GET /[redacted]/messages/?session_id=[redacted] HTTP/1.1"',
                  '"POST /[redacted]/mcp HTTP/1.1" 401', '"POST /[redacted]/mcp HTTP/1.1" 200'):
         assert line in access, line
-    assert '"WebSocket /[redacted]/mcp?access_token=[redacted]" 403' in texts["stderr"]
+    assert '"WebSocket /[redacted]/mcp?access_token=[redacted]" 403' in messages(texts["stderr"])
     assert texts["stderr"].count("Invalid HTTP request received.") >= 2
 
 

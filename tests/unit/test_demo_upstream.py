@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from proxy.demo.data import VIP_ADDRESS, build_org
+from proxy.demo.data import STORY_ID, VIP_ADDRESS, build_org
 from proxy.demo.upstream import build_server
 from tests.peers.clients import PeerClient, sdk_client, sse_client
 from tests.peers.harness import ServerHandle, free_port, start_server
@@ -47,14 +47,32 @@ async def _json(client: PeerClient, tool: str, args: dict[str, Any] | None = Non
 def test_seeded_org_is_deterministic_and_complete() -> None:
     a, b = build_org(), build_org()
     assert json.dumps(a.conversations) == json.dumps(b.conversations)
-    assert (len(a.teams), len(a.users), len(a.shared_labels), len(a.conversations)) == (3, 8, 5, 50)
-    assert {lb["name"] for lb in a.shared_labels} == {"vip", "billing", "bug", "refund", "urgent"}
+    assert (len(a.teams), len(a.users), len(a.shared_labels), len(a.conversations)) == (4, 9, 7, 50)
+    assert {lb["name"] for lb in a.shared_labels} == {"L1 Support", "Support Triage", "vip", "billing", "bug",
+                                                      "refund", "urgent"}
     assert all(1 <= len(m) <= 4 for m in a.messages.values())
     assert all(len(c) <= 3 for c in a.comments.values())
     assert any(VIP_ADDRESS in c["authors"][0]["address"] for c in a.conversations.values())
     assert a.tasks == [] and a.hooks == [] and a.reports == {}
     assert (len(a.contact_books), len(a.contact_groups), len(a.responses)) == (1, 2, 3)
     assert json.dumps(build_org(seed=8).conversations) != json.dumps(a.conversations)
+
+
+def test_the_seeds_names_are_in_the_org() -> None:
+    """The seed's prompts work as written: its labels, team, user, contact and conversation exist,
+    and conversation 987654 is the newest unresolved one in L1 Support, from the CEO."""
+    org = build_org()
+    assert {"L1 Support", "Support Triage"} <= {lb["name"] for lb in org.shared_labels}
+    assert "Backend Engineering" in [t["name"] for t in org.teams]
+    assert "Sarah Jenkins" in [u["name"] for u in org.users]
+    assert VIP_ADDRESS == "ceo@enterprise-client.com"
+    assert any(i["value"] == VIP_ADDRESS for c in org.contacts for i in c["infos"])
+    story = org.conversations[STORY_ID]
+    assert STORY_ID == "987654" and org.state[STORY_ID]["status"] == "open" and not story["assignees"]
+    l1 = [c for c in org.conversations.values() if "L1 Support" in c["shared_label_names"]
+          and org.state[c["id"]]["status"] == "open"]
+    assert max(l1, key=lambda c: c["last_activity_at"]) is story
+    assert story["authors"][0]["address"] == VIP_ADDRESS and "Support Triage" in story["shared_label_names"]
 
 
 async def test_server_tools_are_the_catalog_tools() -> None:
@@ -103,8 +121,12 @@ async def test_streamable_tools_and_reads(upstream: str) -> None:
                                 {"shared_label": billing["id"]}))["conversations"]
         assert labelled and all(billing["id"] in [x["id"] for x in c["shared_labels"]] for c in labelled)
         teams = (await _json(client, "list_all_missive_teams"))["teams"]
-        assert [t["name"] for t in teams] == ["Support", "Billing", "VIP Care"]
-        assert len((await _json(client, "list_all_missive_users"))["users"]) == 8
+        assert [t["name"] for t in teams] == ["Support", "Billing", "VIP Care", "Backend Engineering"]
+        assert len((await _json(client, "list_all_missive_users"))["users"]) == 9
+        by_name = await _json(client, "list_all_missive_conversations", {"shared_label": "L1 Support", "limit": 1})
+        assert by_name["conversations"][0]["id"] == STORY_ID  # a label's name works where its id does
+        story = await _json(client, "get_single_missive_conversation_by_id", {"id": "987654"})
+        assert story["conversations"][0]["subject"].startswith("Urgent")
 
         conv = inbox[0]
         got = (await _json(client, "get_single_missive_conversation_by_id", {"id": conv["id"]}))["conversations"]
