@@ -30,23 +30,27 @@ _ENDED = asyncio.Event()
 _ENDED.set()
 
 
-async def _until_gone(receive: Receive) -> None:
+async def _cancel_when_gone(receive: Receive, task: asyncio.Task[Any]) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+    task.cancel()
 
 
 async def _unless_gone(exchange: Callable[[], Awaitable[Relayed]], receive: Receive) -> Relayed:
-    task, gone = asyncio.ensure_future(exchange()), asyncio.ensure_future(_until_gone(receive))
+    """`exchange()` in this task, with one watcher task that cancels it if the client leaves (one
+    task per request, not two: this is the hot path)."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = asyncio.ensure_future(_cancel_when_gone(receive, task))
     try:
-        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+        return await exchange()
+    except asyncio.CancelledError:
+        if gone.done() and not gone.cancelled():  # the watcher cancelled it: the client left
+            task.uncancel()
+            raise ClientDisconnect() from None
+        raise
     finally:
-        gone.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
-        raise ClientDisconnect()
-    return task.result()
+        gone.cancel()  # no await since `exchange()` ended: the watcher cannot have run meanwhile
 
 
 async def forward(ctx: ProxyContext, access: Access, exchange: Callable[[], Awaitable[Relayed]], *,
