@@ -20,7 +20,6 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +31,7 @@ from mcp.shared.exceptions import MCPError
 from tests.integration.proxy_harness import Proxy, start_proxy
 from tests.peers.clients import sdk_client
 from tests.peers.harness import NODE_PEERS
+from tests.peers.raw_server import ThreadedServer
 
 VISIBLE = ["list_all_missive_conversations", "get_single_missive_conversation_by_id"]
 HIDDEN = ["create_a_missive_post", "create_a_missive_draft", "delete_a_missive_post_by_id"]
@@ -149,53 +149,18 @@ def hostile_tools_call(scenario: str, rid: Any) -> Reply | None:
     return shapes.get(scenario)
 
 
-class HostileUpstream:
+class HostileUpstream(ThreadedServer):
     """A raw HTTP/1.1 server in a thread: answers sanely to the proxy's own listing, hostilely to
     relayed client requests (by their `x-hostile` header). Records every request."""
 
     def __init__(self) -> None:
-        self.port = 0
+        super().__init__()
         self.requests: list[dict[str, Any]] = []
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._server: asyncio.AbstractServer | None = None
-
-    def start(self) -> HostileUpstream:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        async def main() -> None:
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-            self.port = self._server.sockets[0].getsockname()[1]
-            self._ready.set()
-
-        self._loop.run_until_complete(main())
-        self._loop.run_forever()
-
-    def stop(self) -> None:
-        def _close() -> None:
-            if self._server is not None:
-                self._server.close()
-            for task in asyncio.all_tasks(self._loop):
-                task.cancel()
-            self._loop.call_later(0.1, self._loop.stop)
-
-        self._loop.call_soon_threadsafe(_close)
-        self._thread.join(5)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def relayed(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if not r["headers"].get("user-agent", "").startswith("mcp-policy-proxy/")]
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             lines = head.decode("latin-1").split("\r\n")

@@ -20,7 +20,6 @@ import json
 import socket
 import ssl
 import struct
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.integration.proxy_harness import Proxy, start_proxy
+from tests.peers.raw_server import ThreadedServer
 
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json",
            "mcp-protocol-version": "2025-06-18"}
@@ -193,12 +193,11 @@ SCRIPTS: dict[str, Script] = {s.__name__: s for s in (
 
 # --- the upstream -----------------------------------------------------------------------------
 
-class RawUpstream:
+class RawUpstream(ThreadedServer):
     """The scripted upstream in a thread; records connections (open now, at most, hung up by the proxy)."""
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self.tls = tls
-        self.port = 0
+        super().__init__(tls)
         self.count = 0
         self.max_open = 0
         self._live: set[tuple[asyncio.StreamReader, Writer]] = set()
@@ -206,41 +205,6 @@ class RawUpstream:
         self.tainted: list[int] = []  # connections a scenario made untrustworthy
         self.methods: list[str] = []
         self.ids: list[Any] = []  # JSON-RPC ids of the requests received
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._server: asyncio.AbstractServer | None = None
-
-    def start(self) -> RawUpstream:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        async def main() -> None:
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.tls)
-            self.port = self._server.sockets[0].getsockname()[1]
-            self._ready.set()
-
-        self._loop.run_until_complete(main())
-        self._loop.run_forever()
-
-    def stop(self) -> None:
-        def _close() -> None:
-            if self._server is not None:
-                self._server.close()
-            for task in asyncio.all_tasks(self._loop):
-                task.cancel()
-            self._loop.call_later(0.1, self._loop.stop)
-
-        self._loop.call_soon_threadsafe(_close)
-        self._thread.join(5)
-
-    @property
-    def base(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def open(self) -> int:
@@ -250,7 +214,7 @@ class RawUpstream:
     def reset_max(self) -> None:
         self.max_open = self.open
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: Writer) -> None:
+    async def handle(self, reader: asyncio.StreamReader, writer: Writer) -> None:
         self.count += 1
         index, tainted = self.count, False
         self._live.add((reader, writer))

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.integration.proxy_harness import Proxy, start_proxy
+from tests.peers.raw_server import ThreadedServer
 
 TOKEN = "no500s-api-token-0123456789abcdef"
 TOOLS = [{"name": n, "inputSchema": {"type": "object"}}
@@ -31,48 +31,18 @@ TOOLS = [{"name": n, "inputSchema": {"type": "object"}}
 OWN_LISTING = "mcp-policy-proxy/"
 
 
-class RecordingUpstream:
+class RecordingUpstream(ThreadedServer):
     """A raw HTTP/1.1 server in a thread: records every request (method, target, headers, body),
     answers tool listings with TOOLS, `GET /sse` with a held legacy stream, anything else plainly."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[dict[str, Any]] = []
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> RecordingUpstream:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def _run(self) -> None:
-        async def main() -> None:
-            server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-            self.port = server.sockets[0].getsockname()[1]
-            self._ready.set()
-
-        self._loop.run_until_complete(main())
-        self._loop.run_forever()
-
-    def stop(self) -> None:
-        def close() -> None:
-            for task in asyncio.all_tasks(self._loop):
-                task.cancel()
-            self._loop.call_later(0.1, self._loop.stop)
-
-        self._loop.call_soon_threadsafe(close)
-        self._thread.join(5)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def relayed(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if not r["headers"].get("user-agent", "").startswith(OWN_LISTING)]
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
