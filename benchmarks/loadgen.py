@@ -149,6 +149,18 @@ class LoadResult:
     latencies_ns: list[int] = field(default_factory=list)
 
 
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """(status, body) of one keep-alive answer, Content-Length or chunked."""
+    status, length, chunked = parse_head((await reader.readuntil(b"\r\n\r\n"))[:-4])
+    if not chunked:
+        return status, await reader.readexactly(length or 0)
+    parts = []
+    while size := int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16):
+        parts.append((await reader.readexactly(size + 2))[:-2])
+    await reader.readuntil(b"\r\n")
+    return status, b"".join(parts)
+
+
 async def _worker(url: str, deadline: float, budget: list[int], out: LoadResult) -> None:
     host, port, path = _target(url)
     reader, writer = await asyncio.open_connection(host, port)
@@ -162,15 +174,7 @@ async def _worker(url: str, deadline: float, budget: list[int], out: LoadResult)
             msg_id = budget[0] + 1
             t0 = clock()
             writer.write(request_bytes(host, port, path, msg_id))
-            status, length, chunked = parse_head((await reader.readuntil(b"\r\n\r\n"))[:-4])
-            if chunked:
-                parts = []
-                while size := int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16):
-                    parts.append((await reader.readexactly(size + 2))[:-2])
-                await reader.readuntil(b"\r\n")
-                body = b"".join(parts)
-            else:
-                body = await reader.readexactly(length or 0)
+            status, body = await read_response(reader)
             out.latencies_ns.append(clock() - t0)
             check(status, body, msg_id)
     finally:

@@ -82,15 +82,7 @@ class Soak:
     async def _call(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, msg_id: int) -> None:
         host, port, path = loadgen._target(self.url)
         writer.write(loadgen.request_bytes(host, port, path, msg_id))
-        status, length, chunked = loadgen.parse_head((await reader.readuntil(b"\r\n\r\n"))[:-4])
-        if chunked:
-            parts = []
-            while size := int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16):
-                parts.append((await reader.readexactly(size + 2))[:-2])
-            await reader.readuntil(b"\r\n")
-            body = b"".join(parts)
-        else:
-            body = await reader.readexactly(length or 0)
+        status, body = await loadgen.read_response(reader)
         if status != 200:
             raise loadgen.BenchError(f"http_{status}")
         loadgen.check(status, body, msg_id)
