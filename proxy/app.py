@@ -37,9 +37,11 @@ from .enforce.pipeline import Pipeline
 from .observe import access_log, log_context
 from .observe.decision_log import DecisionLog
 from .observe.metrics import Metrics, RequestRecord, current
+from .observe.tracing import Tracing
 from .policy.manager import PolicyManager, build_policy_set
 from .protocol import jsonrpc
 from .protocol.jsonrpc import ProtocolError
+from .stdio.launcher import Bridge, bridge_for
 from .transport import answers, legacy_sse, streamable
 from .transport.admission import Admission
 from .transport.context import ProxyContext
@@ -47,6 +49,7 @@ from .transport.intake import error_response, header_fault
 from .transport.paths import route
 from .transport.tool_listing import UpstreamToolLister
 from .transport.upstream import UpstreamClient
+from .upstream_oauth.grant import upstream_grant
 
 Handler = Callable[[ProxyContext, Request, Access], Awaitable[Any]]
 log = logging.getLogger("mcp_policy_proxy.app")
@@ -86,9 +89,12 @@ async def readyz(request: Request) -> JSONResponse:
     if ctx.draining.is_set():  # shutting down: a load balancer sends no more
         return JSONResponse({"status": "draining"}, status_code=503, headers={"connection": "close"})
     manager: PolicyManager | None = request.app.state.policy
-    checks = await asyncio.gather(manager.readiness() if manager is not None else _no_problem(),
-                                  _upstream_readiness(ctx.config.upstream.url))
+    bridge: Bridge | None = request.app.state.bridge  # a stdio upstream: whether its command starts
+    upstream = _upstream_readiness(ctx.config.upstream.url) if bridge is None else bridge.readiness()
+    checks = await asyncio.gather(manager.readiness() if manager is not None else _no_problem(), upstream)
     problems = [problem for problem in checks if problem is not None]
+    if ctx.upstream.grant is not None and (no_grant := ctx.upstream.grant.readiness()) is not None:
+        problems.append(no_grant)  # upstream.oauth: nothing can be sent until someone logs in
     if problems:
         return JSONResponse({"status": "unavailable", "reason": "; ".join(problems)}, status_code=503)
     return JSONResponse({"status": "ready"})
@@ -112,15 +118,21 @@ async def _upstream_readiness(upstream_url: str) -> str | None:
 
 class ProxyApp:
     def __init__(self, config: Config, pipeline: Pipeline | None = None, *,
-                 clock: Callable[[], float] = time.time, reload_config: Callable[[], Config] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, reload_config: Callable[[], Config] | None = None,
+                 owner: str | None = None) -> None:
         """`pipeline` replaces the policy pipeline (tests); without it the config's policies decide.
         `reload_config` reads the config anew (file and command line): reloads on change and SIGHUP.
+        `owner`: this worker's internal address, with several (proxy/transport/cluster.py).
 
         Raises PolicyLoadError (naming file and line) when the policies cannot be used, ConfigError
         (naming file and key) when a server names a method or tag their catalog does not know.
         """
         self._clock = clock
+        self._owner = owner
         self._background: set[asyncio.Future[Any]] = set()
+        self.bridge = bridge_for(config)  # upstream.command: the bridge serving it (proxy/stdio), its upstream
+        if self.bridge is not None:
+            config = self.bridge.bridged(config)
         if config.limits.max_streams >= config.upstream.max_connections:
             log.warning("limits.max_streams (%d) is not below upstream.max_connections (%d): open streams can take "
                         "every upstream connection, and other requests then wait (docs/configuration.md)",
@@ -131,10 +143,14 @@ class ProxyApp:
                                         service=config.decision_log["service"],
                                         dropped=self.metrics.decision_log_dropped.inc)
         self.metrics.servers(config.servers)
+        self.tracing = Tracing.from_config(config)  # None: off (docs/tracing.md)
         self.policy_manager: PolicyManager | None = None
         upstream = UpstreamClient(config.upstream,
                                   on_limit=lambda: self.metrics.limit_rejected("upstream.max_connections"),
-                                  on_answer=self.metrics.upstream_answered)
+                                  on_answer=self.metrics.upstream_answered,
+                                  on_connect_failure=self.metrics.upstream_connect_failed,
+                                  grant=upstream_grant(config.upstream, config.source,
+                                                       self.metrics.upstream_auth_failure))
         if pipeline is None:
             policy = build_policy_set(config.policy)
             check_config_words(config, policy.catalog)
@@ -143,7 +159,7 @@ class ProxyApp:
                                 metrics=self.metrics, inventory=tool_inventory(config, upstream))
             self.policy_manager = PolicyManager(config.policy, enforcer, lambda: self.ctx.config)
             pipeline = enforcer
-        self.ctx = ProxyContext(config, pipeline, upstream, session_binder(config),
+        self.ctx = ProxyContext(config, pipeline, upstream, session_binder(config, owner),
                                 Admission(config.limits, self.metrics.limit_rejected))
         admission = self.ctx.admission
         self.metrics.watch(lambda: admission.streams, lambda: admission.legacy_sessions, upstream.pool_stats)
@@ -163,6 +179,8 @@ class ProxyApp:
             # Everything built so far lives as long as the process: out of the collector's sight, a
             # full collection (which requests' containers trigger) costs ~0 instead of ~100 ms.
             gc.freeze()
+            if self.bridge is not None:
+                self.bridge.start()
             watchers = []
             manager, reloader = self.policy_manager, self.config_reloader
             interval = config.policy.reload_interval_s
@@ -178,9 +196,13 @@ class ProxyApp:
                 if manager is not None:
                     await manager.holder.policy.engine.close()
                 await self.ctx.upstream.close()
+                if self.bridge is not None:
+                    await asyncio.to_thread(self.bridge.stop)  # its server processes end too
                 if self.jwt is not None:
                     await self.jwt.close()  # type: ignore[attr-defined]
                 await self.decision_log.aclose()  # shipped entries flushed too, within their timeout
+                if self.tracing is not None:
+                    await self.tracing.aclose()  # queued spans exported, within tracing.timeout_s
 
         self.other = Starlette(routes=[
             Route("/healthz", healthz, methods=["GET"]),
@@ -191,6 +213,7 @@ class ProxyApp:
         ], lifespan=lifespan)
         self.other.state.proxy = self.ctx
         self.other.state.policy = self.policy_manager  # for /readyz
+        self.other.state.bridge = self.bridge
 
     def drain(self) -> None:
         """Shutdown begins (SIGTERM; proxy/transport/http_server.py): /readyz answers 503, new MCP
@@ -213,6 +236,8 @@ class ProxyApp:
         changes, when a server names a method or tag the catalog in force does not know."""
         if self.policy_manager is not None:
             check_config_words(new, self.policy_manager.holder.policy.catalog)
+        if self.bridge is not None:
+            new = self.bridge.bridged(new)  # the running upstream, unless upstream.* changed
         old = self.ctx.config
         kept = {key: getattr(old, key) for key in RESTART_ONLY if getattr(new, key) != getattr(old, key)}
         for key in kept:
@@ -225,7 +250,7 @@ class ProxyApp:
                 closing.add_done_callback(self._background.discard)
             self.jwt = jwt_verifier(new)
         if (new.auth.session_key, new.auth.url_token_key) != (old.auth.session_key, old.auth.url_token_key):
-            self.ctx.sessions = session_binder(new)
+            self.ctx.sessions = session_binder(new, self._owner)
         self.ctx.config = new
         self.allowed_origins = allowed_origins(new)
         self.authenticator = authenticator(new, self.jwt, self._clock)
@@ -256,9 +281,12 @@ class ProxyApp:
         kind, url_token = target
         log_context.begin_request()  # the access line's decision ids
         record, token = self.metrics.begin(kind)  # counted once, however the request ends
+        trace = self.tracing.begin(scope) if self.tracing is not None else None
         try:
             await self._serve(scope, receive, send, kind, url_token, record)
         finally:
+            if trace is not None:
+                trace.end(record)
             self.metrics.finish(record, token)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, kind: str, url_token: str | None,
@@ -326,7 +354,7 @@ HANDLERS: dict[str, Handler] = {
 
 
 # What a reload cannot change in a running process (sockets, pools, engines): kept until restart.
-RESTART_ONLY = ("listen", "upstream", "limits", "policy", "decision_log")
+RESTART_ONLY = ("listen", "upstream", "limits", "policy", "decision_log", "tracing", "cluster")
 
 
 def authenticator(config: Config, jwt: TokenVerifier | None, clock: Callable[[], float]) -> Authenticator:
@@ -354,17 +382,18 @@ def tool_inventory(config: Config, upstream: UpstreamClient) -> ToolInventory:
     return ToolInventory(lister, ttl_s=config.upstream.tools_ttl_s)
 
 
-def session_binder(config: Config) -> SessionBinder:
-    """Keyed by auth.session_key, else derived from the URL token key, else random (one replica)."""
+def session_binder(config: Config, owner: str | None = None) -> SessionBinder:
+    """Keyed by auth.session_key, else derived from the URL token key, else random (one worker: with
+    several, config.py requires auth.session_key)."""
     if config.auth.session_key:
         key = config.auth.session_key.encode()
     elif config.auth.url_token_key:
         key = hmac.new(config.auth.url_token_key.encode(), b"mcp-policy-proxy session binding", "sha256").digest()
     else:
         key = os.urandom(32)
-    return SessionBinder(key)
+    return SessionBinder(key, owner)
 
 
 def create_app(config: Config, pipeline: Pipeline | None = None, *, clock: Callable[[], float] = time.time,
-               reload_config: Callable[[], Config] | None = None) -> ProxyApp:
-    return ProxyApp(config, pipeline, clock=clock, reload_config=reload_config)
+               reload_config: Callable[[], Config] | None = None, owner: str | None = None) -> ProxyApp:
+    return ProxyApp(config, pipeline, clock=clock, reload_config=reload_config, owner=owner)

@@ -1,4 +1,5 @@
-"""Command line: `mcp-policy-proxy serve | demo | token create | policy test | policy eval | config check`.
+"""Command line: `mcp-policy-proxy serve | demo | token create | upstream login | upstream status | policy test |
+policy eval | config check`.
 
 Exit codes: 0 ok, 2 usage or configuration error (the message names file and key), 1 runtime failure.
 """
@@ -6,6 +7,7 @@ Exit codes: 0 ok, 2 usage or configuration error (the message names file and key
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -35,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--upstream-sse", help="upstream legacy SSE URL (overrides upstream.sse_url)")
     serve.add_argument("--host", help="listen address (overrides listen.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
+    serve.add_argument("--workers", type=int, help="worker processes sharing the port (overrides listen.workers; "
+                                                   "more than 1 needs auth.session_key: docs/scaling.md)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request (URL tokens redacted)")
     serve.add_argument("--log-format", choices=LOG_FORMATS, help=LOG_FORMAT_HELP)
@@ -68,6 +72,16 @@ def _parser() -> argparse.ArgumentParser:
     peval.add_argument("--input", required=True, help="JSON file holding the policy input (docs/policy-input.md)")
     peval.add_argument("--config", help="config file whose policy section to use (default: bundled policies)")
 
+    up = sub.add_parser("upstream", help="the proxy's OAuth grant to the upstream (upstream.oauth; docs/missive.md)")
+    up_sub = up.add_subparsers(dest="upstream_command", required=True)
+    login = up_sub.add_parser("login", help="log in to the upstream in a browser: prints the URL to open, waits "
+                                            "for the redirect on 127.0.0.1:<upstream.oauth.redirect_port>, and "
+                                            "keeps the grant in upstream.oauth.token_file")
+    login.add_argument("--config", help=f"YAML config file (default: ${CONFIG_ENV})")
+    login.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the redirect (default 300)")
+    ustatus = up_sub.add_parser("status", help="the grant's scopes and expiry (never a token)")
+    ustatus.add_argument("--config", help=f"YAML config file (default: ${CONFIG_ENV})")
+
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a config file and its policies, and exit")
@@ -78,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 def _serve_config(args: argparse.Namespace) -> Config:
     overrides: dict[str, Any] = {}
     for flag, key in (("upstream", "upstream.url"), ("upstream_sse", "upstream.sse_url"),
-                      ("host", "listen.host"), ("port", "listen.port")):
+                      ("host", "listen.host"), ("port", "listen.port"), ("workers", "listen.workers")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     return load(args.config or os.environ.get(CONFIG_ENV) or None, overrides)
@@ -107,6 +121,13 @@ def serve(config: Config, log_level: str, access_log: bool = False,
     if problem:
         print(f"mcp-policy-proxy: {problem}", file=sys.stderr)
         return 2
+    if config.listen.workers > 1 or config.cluster is not None:  # a worker group, or one of several replicas
+        from .stdio.launcher import shared_bridge
+        from .transport.workers import serve_group
+
+        with shared_bridge(config):  # a stdio upstream: one bridge for every worker (proxy/stdio/launcher.py)
+            return serve_group(config, reload_config, log_level=log_level, access_log=access_log,
+                               log_format=log_format)
     try:
         app = create_app(config, reload_config=reload_config)
     except PolicyLoadError as exc:
@@ -256,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
-            return serve(_serve_config(args), args.log_level, args.access_log, lambda: _serve_config(args),
+            # A partial, not a lambda: workers are spawned with it (proxy/transport/workers.py).
+            return serve(_serve_config(args), args.log_level, args.access_log, functools.partial(_serve_config, args),
                          args.log_format)
         if args.command == "demo":
             from .demo_launcher import run_demo
@@ -268,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.policy_command == "test":
                 return policy_test(args.paths)
             return policy_eval(args.input, args.config)
+        if args.command == "upstream":
+            from .upstream_oauth.commands import command
+
+            return command(args.upstream_command, load(args.config or os.environ.get(CONFIG_ENV) or None),
+                           getattr(args, "timeout", 0.0))
         if args.command == "config":
             from .config_words import check_config_words
             from .policy.manager import build_policy_set
@@ -276,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             policy = build_policy_set(config.policy)  # the policies must load and compile too (OPA is not contacted)
             check_config_words(config, policy.catalog)  # servers name only methods and tags the catalog knows
             names = ", ".join(s.name for s in config.servers)
-            print(f"{args.file}: ok ({len(config.servers)} server(s): {names}; upstream {config.upstream.url}; "
+            upstream = config.upstream.url or f"stdio {config.upstream.command[0]!r}"
+            print(f"{args.file}: ok ({len(config.servers)} server(s): {names}; upstream {upstream}; "
                   f"policies {', '.join(config.policy.paths)})")
             return 0
     except (ConfigError, PolicyLoadError) as exc:

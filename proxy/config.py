@@ -14,17 +14,22 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 
 from .protocol.urls import UrlError, normalize_url
+from .transport.tls import MIN_VERSIONS as MIN_TLS_VERSIONS
+from .transport.tls import TlsSetupError, client_context
 
 # The policies shipped with the proxy: the default when a config names none.
-BUNDLED_POLICIES = str(Path(__file__).resolve().parent.parent / "policies")
+# In the repository proxy/bundled_policies links to policies/; in the wheel it is a copy.
+BUNDLED_POLICIES = str((Path(__file__).parent / "bundled_policies").resolve())
 BUNDLED_REF = "@bundled"  # in policy.paths: the policies shipped with the proxy, wherever it is installed
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# `*_file` keys naming a file the proxy opens itself (not a secret read into the config).
+_PATH_KEYS = frozenset({"token_file", "ca_file", "cert_file", "key_file"})  # the last three: upstream.tls
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62}[a-z0-9])?$")
 
@@ -39,6 +44,50 @@ class ConfigError(Exception):
 class Listen:
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1  # processes serving the one listening socket (docs/scaling.md)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """cluster: where each worker listens for its siblings' requests (docs/scaling.md). Worker i of
+    listen.workers listens on port + i (port 0: an ephemeral port each); siblings connect to
+    advertise (default: host), the port being the worker's."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    advertise: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class UpstreamTls:
+    """upstream.tls (docs/upstreams.md): verification is always on; there is no switch to turn it off."""
+
+    ca_file: str | None = None  # the CAs trusted for the upstream (PEM), instead of the default store
+    cert_file: str | None = None  # the proxy's client certificate (mTLS), with key_file
+    key_file: str | None = None
+    key_password: str | None = field(default=None, repr=False)  # key_password_file: a secret
+    server_name: str | None = None  # the name checked in the certificate and sent as SNI; default: the URL's host
+    min_version: str = "1.2"  # "1.2" | "1.3"
+
+
+@dataclass(frozen=True)
+class EgressProxy:
+    """An HTTP proxy the upstream is reached through (CONNECT tunnels: proxy/transport/egress.py)."""
+
+    host: str
+    port: int
+    credentials: str | None = field(default=None, repr=False)  # user:password (Basic): a secret
+    source: str = "upstream.proxy"  # where it was set, for the log: upstream.proxy, HTTPS_PROXY, …
+
+
+@dataclass(frozen=True)
+class Egress:
+    """Which upstream origins go through which proxy. The default: every one straight (the
+    siblings' client of proxy/transport/cluster.py keeps it)."""
+
+    https: EgressProxy | None = None  # for https:// upstreams
+    http: EgressProxy | None = None  # for http:// upstreams
+    no_proxy: tuple[str, ...] = ()  # NO_PROXY entries, lowercase ("*": every host straight)
 
 
 @dataclass(frozen=True)
@@ -55,6 +104,29 @@ class Upstream:
     max_header_bytes: int = 64 * 1024  # an upstream response's header block; larger → 502
     read_timeout_s: float = 60.0  # silence allowed inside a non-SSE body (SSE streams may idle)
     tools_ttl_s: float = 300.0  # how long the upstream's tool definitions are used without being listed again
+    tls: UpstreamTls = UpstreamTls()
+    proxy: Egress = Egress()  # upstream.proxy, else HTTPS_PROXY/HTTP_PROXY/NO_PROXY (parse reads them)
+    oauth: UpstreamOAuth | None = None  # the proxy as an OAuth client of the upstream (proxy/upstream_oauth)
+    # A stdio server instead of `url` (proxy/stdio; docs/upstreams.md "stdio servers"): url is "" in
+    # the file's config, the bridge's URL in the one the proxy runs with.
+    command: tuple[str, ...] = ()  # the program and its arguments (no shell); () for an HTTP upstream
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # over HOME, LOGNAME, PATH, SHELL, TERM, USER
+    cwd: str | None = None
+    max_children: int = 32  # server processes (one per session) at once; beyond, 503
+    session_idle_timeout_s: float = 600.0  # a session without a request in flight this long ends
+
+
+@dataclass(frozen=True)
+class UpstreamOAuth:
+    """upstream.oauth: the grant `upstream login` obtains and `serve` uses and refreshes (docs/missive.md)."""
+
+    token_file: str  # where the grant is kept (mode 0600; encrypted with token_key when set)
+    scopes: tuple[str, ...]
+    client_id: str | None = None  # None: the proxy registers itself (RFC 7591)
+    client_secret: str | None = field(default=None, repr=False)  # a pre-registered client's (client_secret_file)
+    token_key: str | None = field(default=None, repr=False)  # encrypts token_file at rest (token_key_file)
+    redirect_port: int = 8765  # `upstream login` listens on 127.0.0.1:<port>/callback
+    refresh_margin_s: float = 60.0  # refresh this long before the access token expires (at most half its life)
 
 
 @dataclass(frozen=True)
@@ -146,6 +218,18 @@ class DecisionLogService:
 
 
 @dataclass(frozen=True)
+class Tracing:
+    """tracing: OpenTelemetry traces over OTLP/HTTP (docs/tracing.md). No endpoint here and none in
+    OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT: off."""
+
+    otlp_endpoint: str | None = None  # the OTLP/HTTP traces URL (a URL without a path gets /v1/traces)
+    service_name: str | None = None  # default: $OTEL_SERVICE_NAME, else mcp-policy-proxy
+    sample_ratio: float = 1.0  # of the traces the proxy starts; a client's sampled flag is followed
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # secrets (collector auth): never printed
+    timeout_s: float = 10.0  # one export; also the flush at shutdown
+
+
+@dataclass(frozen=True)
 class Config:
     upstream: Upstream
     listen: Listen = Listen()
@@ -158,6 +242,8 @@ class Config:
     rate_limit: RateLimit = RateLimit()
     decision_log: dict[str, Any] = field(default_factory=lambda: {"sink": "stdout", "redact_arguments": True,
                                                                   "service": None})
+    tracing: Tracing = Tracing()
+    cluster: Cluster | None = None  # None: no internal endpoint (one worker) or the loopback default (several)
     source: str = "<defaults>"
 
     @property
@@ -206,7 +292,7 @@ def _expand(node: Any, source: str, key: str) -> Any:
             sub = f"{key}.{k}" if key else str(k)
             if not isinstance(k, str):
                 raise ConfigError(source, sub, "keys must be strings")
-            if k.endswith("_file") and isinstance(v, str):
+            if k.endswith("_file") and isinstance(v, str) and k not in _PATH_KEYS:
                 target = k[: -len("_file")]
                 if target in node:
                     raise ConfigError(source, sub, f"give either {target} or {k}, not both")
@@ -324,17 +410,78 @@ def _server(r: _Reader) -> Server:
     return server
 
 
-def _decision_log_service(r: _Reader) -> DecisionLogService:
-    url = r.url("url", required=True)
-    assert url is not None
-    if not url.startswith(("http://", "https://")):
-        raise r.err("url", "must be an http:// or https:// URL")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HTTP_ONLY = ("url", "sse_url", "headers", "tls", "proxy", "oauth")
+_STDIO_ONLY = ("env", "cwd", "max_children", "session_idle_timeout_s")
+
+
+def _stdio(r: _Reader, source: str) -> dict[str, Any]:
+    """upstream.command, env, cwd and the session bounds of a stdio upstream (proxy/stdio). The
+    command is not looked for here: one that cannot start is retried, and /readyz says why."""
+    for name in _HTTP_ONLY:
+        if r.data.get(name) is not None:
+            raise r.err(name, "applies to an HTTP upstream; give either upstream.url or upstream.command (a stdio "
+                              "server), not both")
+    command = r.data["command"]
+    if not isinstance(command, list) or not command or not all(isinstance(a, str) and "\0" not in a for a in command):
+        raise r.err("command", "must be a non-empty list of strings: the program and its arguments, e.g. "
+                               "[node, server.js, stdio] (no shell runs it)")
+    if not command[0].strip():
+        raise r.err("command[0]", "must name the program")
+    r.used.add("command")
+    env = r.get("env", dict, {})
+    for k, v in env.items():  # values may be secrets: never quoted
+        if not _ENV_NAME.match(k):
+            raise r.err(f"env.{k}", "is not an environment variable name (letters, digits, _)")
+        if not isinstance(v, str) or "\0" in v:
+            raise r.err(f"env.{k}", "must be a string (quote numbers and booleans)")
+    cwd = r.get("cwd", str)
+    base = Path(source).parent if source.endswith((".yaml", ".yml", ".json")) else Path.cwd()
+    return {"command": tuple(command), "env": dict(env), "cwd": str(base / cwd) if cwd else None,
+            "max_children": r.positive("max_children", int, Upstream.max_children),
+            "session_idle_timeout_s": r.positive("session_idle_timeout_s", float, Upstream.session_idle_timeout_s)}
+
+
+def _secret_headers(r: _Reader) -> dict[str, str]:
     headers = r.get("headers", dict, {})
     for k, v in headers.items():  # values are secrets: never quoted in an error
         if not isinstance(v, str):
             raise r.err(f"headers.{k}", "must be a string")
         if not _HEADER_NAME.match(k) or any(c in v for c in "\r\n\0"):
             raise r.err(f"headers.{k}", "is not a valid HTTP header")
+    return dict(headers)
+
+
+def _upstream_oauth(r: _Reader, source: str) -> UpstreamOAuth:
+    token_file = r.get("token_file", str)
+    if not token_file:
+        raise r.err("token_file", "is required: where `upstream login` keeps the grant")
+    base = Path(source).parent if source.endswith((".yaml", ".yml", ".json")) else Path.cwd()
+    scopes = r.strings("scopes")
+    if not scopes or any(not s or any(c.isspace() or c == '"' for c in s) for s in scopes):
+        raise r.err("scopes", "must list the scopes to ask for, each one word (docs/missive.md)")
+    client_id, client_secret = r.get("client_id", str), r.get("client_secret", str)
+    if client_secret is not None and client_id is None:
+        raise r.err("client_secret_file", "needs client_id (a registered client's secret)")
+    token_key = r.get("token_key", str)
+    if token_key is not None and len(token_key) < 16:
+        raise r.err("token_key", "must be at least 16 characters (use a random 32-byte secret)")
+    port = r.get("redirect_port", int, UpstreamOAuth.redirect_port)
+    if not 1 <= port <= 65535:
+        raise r.err("redirect_port", "must be between 1 and 65535")
+    oauth = UpstreamOAuth(token_file=str(base / token_file), scopes=scopes, client_id=client_id or None,
+                          client_secret=client_secret, token_key=token_key, redirect_port=port,
+                          refresh_margin_s=r.positive("refresh_margin_s", float, UpstreamOAuth.refresh_margin_s))
+    r.done()
+    return oauth
+
+
+def _decision_log_service(r: _Reader) -> DecisionLogService:
+    url = r.url("url", required=True)
+    assert url is not None
+    if not url.startswith(("http://", "https://")):
+        raise r.err("url", "must be an http:// or https:// URL")
+    headers = _secret_headers(r)
     d = DecisionLogService
     service = DecisionLogService(
         url=url, headers=dict(headers), timeout_s=r.positive("timeout_s", float, d.timeout_s),
@@ -350,12 +497,192 @@ def _decision_log_service(r: _Reader) -> DecisionLogService:
     return service
 
 
+def _tracing(r: _Reader) -> Tracing:
+    endpoint = r.url("otlp_endpoint")  # an http(s) URL (OTLP/HTTP: e.g. http://otel-collector:4318/v1/traces)
+    if endpoint is not None and (parts := urlsplit(endpoint)).path in ("", "/"):
+        endpoint = urlunsplit(parts._replace(path="/v1/traces"))  # the collector's base URL: its traces endpoint
+    service_name = r.get("service_name", str)
+    if service_name is not None and not service_name.strip():
+        raise r.err("service_name", "must not be empty")
+    ratio = r.get("sample_ratio", float, 1.0)
+    if not 0.0 <= ratio <= 1.0:
+        raise r.err("sample_ratio", "must be between 0 and 1 (1: every trace the proxy starts is kept)")
+    tracing = Tracing(otlp_endpoint=endpoint, service_name=service_name, sample_ratio=ratio,
+                      headers=_secret_headers(r), timeout_s=r.positive("timeout_s", float, Tracing.timeout_s))
+    r.done()
+    return tracing
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*)(\.[A-Za-z0-9_][A-Za-z0-9_-]*)*\.?$")
+
+
+def _upstream_tls(r: _Reader, source: str, urls: tuple[str, ...]) -> UpstreamTls:
+    """upstream.tls: the files checked now (readable, PEM, the key the certificate's) by building the
+    context once; relative paths are from the config file's directory."""
+    if not r.data:
+        return UpstreamTls()
+    for name in ("insecure", "verify", "insecure_skip_verify", "skip_verify"):
+        if name in r.data:
+            raise r.err(name, "certificate verification cannot be turned off; trust a private CA with "
+                              "upstream.tls.ca_file instead (docs/upstreams.md)")
+    if not any(u.startswith("https://") for u in urls):
+        raise ConfigError(source, r.key, "applies to https:// upstreams only, and upstream.url is not one")
+    base = Path(source).parent if source.endswith((".yaml", ".yml", ".json")) else Path.cwd()
+    paths: dict[str, str | None] = {}
+    for name in ("ca_file", "cert_file", "key_file"):
+        value = r.get(name, str)
+        if value is not None and not value.strip():
+            raise r.err(name, "must not be empty")
+        paths[name] = str(base / value) if value else None
+    if bool(paths["cert_file"]) != bool(paths["key_file"]):
+        given, missing = ("cert_file", "key_file") if paths["cert_file"] else ("key_file", "cert_file")
+        raise r.err(missing, f"is required with {given}: a client certificate goes with its key (a file "
+                             "holding both may be named twice)")
+    password = r.get("key_password", str)  # key_password_file, read by _expand
+    if password is not None and not paths["key_file"]:
+        raise r.err("key_password_file", "applies only with cert_file and key_file")
+    server_name = r.get("server_name", str)
+    if server_name is not None and not (_HOSTNAME.match(server_name) or _is_ip(server_name)):
+        raise r.err("server_name", "must be a host name (no scheme, no port), e.g. mcp.internal.example")
+    version = str(r.get("min_version", (str, float), "1.2"))  # YAML reads 1.2 unquoted as a number
+    if version not in MIN_TLS_VERSIONS:
+        raise r.err("min_version", f'must be "1.2" or "1.3", got {version!r}')
+    r.done()
+    tls = UpstreamTls(ca_file=paths["ca_file"], cert_file=paths["cert_file"], key_file=paths["key_file"],
+                      key_password=password, server_name=server_name, min_version=version)
+    try:
+        client_context(tls)  # proves the files now; the upstream client builds its own at start
+    except TlsSetupError as exc:
+        raise r.err(exc.key, exc.message) from None
+    return tls
+
+
+def _proxy_address(value: str) -> tuple[str, int, str | None]:
+    """`http://[user:password@]host[:port][/]` (or a bare host:port) → (host, port (default 80),
+    "user:password" or None). ValueError says what is wrong, never quoting the value."""
+    text = value.strip()
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ValueError("is not a valid proxy URL (http://host:port)") from None
+    if parts.scheme.lower() != "http":
+        raise ValueError("must be an http:// URL (an HTTP proxy, through CONNECT; https:// and SOCKS proxies "
+                         "are not supported)")
+    if not parts.hostname:
+        raise ValueError("has no host (http://host:port)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("must be the proxy's address only (http://host:port)")
+    userinfo = None
+    if parts.username is not None or parts.password is not None:
+        userinfo = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    return parts.hostname, port or 80, userinfo
+
+
+def _egress(r: _Reader) -> Egress:
+    """upstream.proxy: every upstream origin through this proxy (NO_PROXY does not apply)."""
+    url = r.get("url", str)
+    if url is None:
+        raise r.err("url", "is required: the egress proxy's address, e.g. http://proxy.corp:3128")
+    try:
+        host, port, userinfo = _proxy_address(url)
+    except ValueError as exc:
+        raise r.err("url", str(exc)) from None
+    if userinfo is not None:
+        raise r.err("url", "must not carry credentials: put user:password in upstream.proxy.credentials_file")
+    credentials = r.get("credentials", str)  # credentials_file, read by _expand
+    if credentials is not None and (":" not in credentials or any(c < " " or c == "\x7f" for c in credentials)):
+        raise r.err("credentials_file", "must hold user:password, on one line")
+    r.done()
+    proxy = EgressProxy(host, port, credentials, "upstream.proxy")
+    return Egress(https=proxy, http=proxy)
+
+
+def _env_egress(source: str, urls: tuple[str | None, ...]) -> Egress:
+    """HTTPS_PROXY / HTTP_PROXY / NO_PROXY, when upstream.proxy is unset. A lowercase variable, even
+    empty, comes before its uppercase one (as urllib and curl read them); only the variables of the
+    upstream URLs' schemes are read."""
+    found: dict[str, EgressProxy] = {}
+    for scheme in sorted({u.split("://", 1)[0] for u in urls if u}):
+        name, value = _env_variable(f"{scheme}_proxy")
+        if value is None:
+            continue
+        try:
+            host, port, userinfo = _proxy_address(value)
+        except ValueError as exc:
+            raise ConfigError(source, "upstream.proxy", f"is unset, so {name} applies, and it {exc}") from None
+        found[scheme] = EgressProxy(host, port, userinfo, name)
+    no_proxy = _env_variable("no_proxy")[1] or ""
+    entries = tuple(e for e in (part.strip().lower() for part in no_proxy.split(",")) if e)
+    return Egress(https=found.get("https"), http=found.get("http"), no_proxy=entries)
+
+
+def _env_variable(name: str) -> tuple[str, str | None]:
+    if name in os.environ:
+        return name, os.environ[name].strip() or None
+    return name.upper(), os.environ.get(name.upper(), "").strip() or None
+
+
+MAX_WORKERS = 64
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+
+
+def _cluster(r: _Reader, listen: Listen) -> Cluster:
+    """cluster.listen `host:port` (worker i on port + i), cluster.advertise a host (default: listen's)."""
+    where = r.get("listen", str, "127.0.0.1:0")
+    host, colon, port_text = where.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise r.err("listen", f"must be host:port (port 0: ephemeral), got {where!r}")
+    port = int(port_text)
+    if port and port + listen.workers - 1 > 65535:
+        raise r.err("listen", f"worker i listens on port + i: {port} + {listen.workers - 1} is above 65535")
+    if port and port <= listen.port < port + listen.workers:
+        raise r.err("listen", f"ports {port}..{port + listen.workers - 1} (one per worker) include listen.port")
+    advertise = r.get("advertise", str)
+    if advertise is None:
+        if host in _WILDCARDS:
+            raise r.err("advertise", f"is required when cluster.listen binds every address ({where!r}): "
+                                     "the address siblings reach this proxy at, e.g. ${POD_IP}")
+        advertise = host
+    advertise = advertise.removeprefix("[").removesuffix("]")
+    if not advertise or advertise in _WILDCARDS or any(c in advertise for c in "/?#@ ") or (
+            ":" in advertise and not _is_ip(advertise)):
+        raise r.err("advertise", "must be a host name or IP address siblings can connect to (no port: "
+                                 "cluster.listen's is used)")
+    r.done()
+    return Cluster(host=host, port=port, advertise=advertise)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_shared_session_key(auth: Auth, source: str, why: str) -> None:
+    """Workers and replicas check each other's session ids and sign the requests they pass each
+    other with auth.session_key: a key of each process's own would break both."""
+    fix = "set the same random secret (32+ characters) everywhere, e.g. session_key_file: /run/secrets/session_key"
+    if not auth.session_key:
+        raise ConfigError(source, "auth.session_key", f"is required with {why} (every worker and replica must share "
+                                                      f"it: docs/scaling.md); {fix}")
+    if len(auth.session_key) < 16:
+        raise ConfigError(source, "auth.session_key", f"must be at least 16 characters with {why}; {fix}")
+
+
 def parse(data: Any, source: str) -> Config:
     root = _Reader(_expand(data, source, ""), source, "")
 
     up = root.child("upstream")
-    url = up.url("url", required=True)
-    assert url is not None
+    stdio = _stdio(up, source) if up.data.get("command") is not None else {}
+    url = "" if stdio else up.url("url")
+    if url is None:
+        raise up.err("url", "is required: the upstream's Streamable HTTP URL (or upstream.command: a stdio server)")
     headers = up.get("headers", dict, {})
     for k, v in headers.items():
         if not isinstance(v, str):
@@ -374,15 +701,31 @@ def parse(data: Any, source: str) -> Config:
         max_header_bytes=up.positive("max_header_bytes", int, Upstream.max_header_bytes),
         read_timeout_s=up.positive("read_timeout_s", float, Upstream.read_timeout_s),
         tools_ttl_s=up.positive("tools_ttl_s", float, 300.0),
+        tls=_upstream_tls(up.child("tls"), source, (url, str(up.data.get("sse_url") or ""))),
+        proxy=_egress(up.child("proxy")) if up.data.get("proxy") is not None else
+        _env_egress(source, (url, str(up.data.get("sse_url") or ""))) if url else Egress(),
+        oauth=_upstream_oauth(up.child("oauth"), source) if up.data.get("oauth") is not None else None,
+        **stdio,
     )
+    up.used.add("oauth")
+    if upstream.oauth is not None and "authorization" in upstream.headers:
+        raise up.err("headers.Authorization", "give either upstream.oauth or an Authorization header, not both")
+    for name in () if stdio else _STDIO_ONLY:
+        if up.data.get(name) is not None:
+            raise up.err(name, "applies to a stdio upstream only (upstream.command)")
     up.done()
 
     ls = root.child("listen")
     port = ls.get("port", int, 8080)
     if not 0 <= port <= 65535:
         raise ls.err("port", "must be between 0 and 65535")
-    listen = Listen(host=ls.get("host", str, "127.0.0.1"), port=port)
+    workers = ls.get("workers", int, 1)
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ls.err("workers", f"must be between 1 and {MAX_WORKERS}")
+    listen = Listen(host=ls.get("host", str, "127.0.0.1"), port=port, workers=workers)
     ls.done()
+    cluster = _cluster(root.child("cluster"), listen) if root.data.get("cluster") is not None else None
+    root.used.add("cluster")
 
     lim = root.child("limits")
     limits = Limits(**{f.name: lim.positive(f.name, type(f.default), f.default) for f in fields(Limits)})
@@ -439,6 +782,8 @@ def parse(data: Any, source: str) -> Config:
                 authorization_servers=au.strings("authorization_servers"),
                 scopes_supported=au.strings("scopes_supported"))
     au.done()
+    if workers > 1 or cluster is not None:
+        _check_shared_session_key(auth, source, "listen.workers > 1" if workers > 1 else "a cluster section")
 
     raw_servers = root.get("servers", list, None)
     if raw_servers is None:
@@ -475,13 +820,16 @@ def parse(data: Any, source: str) -> Config:
     decision_log = {"sink": sink, "redact_arguments": dl.get("redact_arguments", bool, True), "service": service}
     dl.done()
 
+    tracing = _tracing(root.child("tracing"))
+
     public_url = root.url("public_url")
     if auth.jwt is not None and not (auth.jwt.audience or public_url):
         raise ConfigError(source, "auth.jwt.audience", "is required (or set public_url, the default audience)")
     config = Config(
         upstream=upstream, listen=listen, public_url=public_url,
         allowed_origins=root.strings("allowed_origins"), limits=limits, policy=policy, auth=auth,
-        servers=servers, rate_limit=rate_limit, decision_log=decision_log, source=source,
+        servers=servers, rate_limit=rate_limit, decision_log=decision_log, tracing=tracing, cluster=cluster,
+        source=source,
     )
     root.done()
     return config

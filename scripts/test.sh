@@ -5,6 +5,6 @@ set -euo pipefail
 NODE_PEERS=1
 source "$(dirname "$0")/venv.sh"
 cd "$ROOT"
-"$VENV/bin/ruff" check proxy tests benchmarks
+"$VENV/bin/ruff" check proxy tests benchmarks deploy
 "$VENV/bin/mypy"
 "$VENV/bin/python" -m pytest -q "$@"

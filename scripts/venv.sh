@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv with the project and its test dependencies (reinstalled when pyproject.toml
-# changes). Sourced by the other scripts; sets VENV. With NODE_PEERS=1 (scripts/test.sh sets it)
+# Creates .venv with the project, its test dependencies and the `deploy` extra (the Grafana SDK
+# of deploy/grafana/dashboard.py, which a test runs), reinstalled when pyproject.toml
+# changes. Sourced by the other scripts; sets VENV. With NODE_PEERS=1 (scripts/test.sh sets it)
 # it also installs the npm test peers in tests/peers/node: only the tests need Node.js and npm,
 # the proxy and its demo do not.
 set -euo pipefail
@@ -11,7 +12,7 @@ stamp="$VENV/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test,deploy]"
   # The real OPA Go engine, for the conformance tests; its metadata asks for Python >= 3.14 but it
   # loads on 3.11. Optional: without it those tests are skipped, loudly.
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --ignore-requires-python \

@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from ..config import Server
+from ..observe import tracing
 from ..observe.decision_log import DecisionLog
 from ..observe.log_context import note_decision
 from ..observe.metrics import MCP_METHODS, OTHER, Metrics, current, error_type_of
@@ -132,8 +133,6 @@ class Enforcer:
         self.metrics = metrics or Metrics()
         self.inventory = inventory or ToolInventory(None)
         self._mode = mode
-        self._eval_seconds = {"embedded": self.metrics.evaluation.labels("embedded"),
-                              "opa": self.metrics.evaluation.labels("opa")}
         self.dry_run = mode == "dry_run"
         self._servers = {s.name: server_input(s) for s in servers}
         self._log = decision_log
@@ -340,11 +339,11 @@ class Enforcer:
             log.warning("policy evaluation failed (%s engine): %s", engine.name, exc)
             self.metrics.errors.labels(engine.name).inc()
             elapsed = time.perf_counter_ns() - start
-            self._eval_seconds[engine.name].observe(elapsed / 1e9)
+            self.metrics.evaluated(engine.name, elapsed / 1e9)
             return Ruling(False, (ENGINE_UNAVAILABLE,), refusal=Refusal.ENGINE_ERROR, result={"error": str(exc)},
                           eval_ns=elapsed)
         elapsed = time.perf_counter_ns() - start
-        self._eval_seconds[engine.name].observe(elapsed / 1e9)
+        self.metrics.evaluated(engine.name, elapsed / 1e9)
         scope = decision.result.get("insufficient_scope")
         return Ruling(decision.allow, decision.reasons, decision.visible_tools,
                       scope=scope if isinstance(scope, str) and scope else None, result=decision.result,
@@ -375,6 +374,8 @@ class Enforcer:
                 record.tool = tool = self._tool_label(message["name"])
                 self.metrics.tool_call(server, tool, outcome)
         labels = {"engine": engine.name, "revision": engine.revision, "mode": self._mode}
-        self._log.log(decision_id, input["time"], input, ruling.result, ruling.eval_ns, labels)
+        trace = tracing.decided(decision_id, outcome, message, ruling.eval_ns, labels,
+                                ruling.refusal.value if ruling.refusal is not None else None)  # None: not traced
+        self._log.log(decision_id, input["time"], input, ruling.result, ruling.eval_ns, labels, trace)
         note_decision(decision_id)  # for the request's access-log line
         return decision_id

@@ -81,7 +81,8 @@ class DecisionLog:
         self._timer: asyncio.TimerHandle | None = None
 
     def log(self, decision_id: str, timestamp: str, input: dict[str, Any], result: Any, eval_ns: int,
-            labels: dict[str, str]) -> None:
+            labels: dict[str, str], trace: tuple[str, str] | None = None) -> None:
+        """`trace`: (trace_id, span_id) of the decision's span when traced, OPA's fields of the same names."""
         if not self.enabled:
             return
         entry = {
@@ -90,6 +91,8 @@ class DecisionLog:
             "metrics": {"timer_eval_ns": eval_ns},
             "labels": {"app": "mcp-policy-proxy", "version": __version__, **labels},
         }
+        if trace is not None:  # after decision_id, where OPA puts them
+            entry = {"decision_id": decision_id, "trace_id": trace[0], "span_id": trace[1], **entry}
         try:
             event = orjson.dumps(entry)
         except (TypeError, orjson.JSONEncodeError):  # still one entry per decision, never a lost one
@@ -160,5 +163,6 @@ def summary(entry: dict[str, Any]) -> str:
     server = (input.get("server") or {}).get("name", "")
     reasons = result.get("reasons") if isinstance(result, dict) else None
     because = f' reasons="{_printable("; ".join(map(str, reasons)))}"' if reasons else ""
+    traced = f" trace_id={entry['trace_id']}" if "trace_id" in entry else ""
     return (f"{logging_setup.text_time(time.time())} INFO mcp_policy_proxy.decision_log: {outcome} "
-            f"server={_printable(server)} {what}{because} decision_id={entry['decision_id']}")
+            f"server={_printable(server)} {what}{because} decision_id={entry['decision_id']}{traced}")

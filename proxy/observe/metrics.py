@@ -1,7 +1,7 @@
 """Prometheus metrics (prefix `mcp_proxy_`), one registry per app, served at /metrics.
 
-Labels are bounded: server names come from config, outcomes and engines from fixed sets. Label
-children are cached, so counting on the hot path is an increment, not a lookup.
+Labels are bounded: server names come from config, outcomes and engines from fixed sets. What is
+counted per request goes to lock-free series (series.py); the rest are prometheus_client's own.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .. import __version__
 from ..config import Server
+from .series import Series
 
 EVAL_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
@@ -48,6 +49,15 @@ OTHER_ERROR = "_OTHER"
 _EXACT_STATUSES = frozenset({200, 202, 204, 400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 429,
                              500, 502, 503, 504})
 STATUS_LABELS = {s: str(s) if s in _EXACT_STATUSES else f"{s // 100}xx" for s in range(100, 600)}
+# The config keys that refuse requests (mcp_proxy_limit_rejections_total{limit}; docs/metrics.md).
+LIMIT_KEYS = ("limits.max_streams_per_principal", "limits.max_streams", "limits.max_legacy_sessions",
+              "limits.max_header_bytes", "limits.client_header_timeout_s", "limits.client_body_timeout_s",
+              "upstream.max_connections")
+# Why an upstream connection could not be opened (mcp_proxy_upstream_connect_failures_total{reason};
+# given by proxy/transport/upstream.py, tls.py and egress.py; docs/upstreams.md).
+CONNECT_FAILURES = ("unreachable", "timeout", "tls_untrusted", "tls_expired", "tls_not_yet_valid", "tls_hostname",
+                    "tls_protocol", "tls_client_cert", "tls_handshake", "tls_closed", "proxy_unreachable",
+                    "proxy_timeout", "proxy_auth", "proxy_refused", "proxy_upstream", "proxy_invalid")
 
 
 def error_type_of(message: dict[str, Any] | None) -> str:
@@ -98,17 +108,19 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.decisions = Counter("mcp_proxy_policy_decisions_total", "Policy decisions, by outcome",
-                                 ["server", "outcome", "mode"], registry=r)
-        self.evaluation = Histogram("mcp_proxy_policy_evaluation_duration_seconds", "Time to evaluate one decision",
-                                    ["engine"], buckets=EVAL_BUCKETS, registry=r)
+        self.series = hot = Series()
+        r.register(hot)
+        self.decisions = hot.counter("mcp_proxy_policy_decisions_total", "Policy decisions, by outcome",
+                                     ["server", "outcome", "mode"])
+        self.evaluation = hot.histogram("mcp_proxy_policy_evaluation_duration_seconds",
+                                        "Time to evaluate one decision", ["engine"], EVAL_BUCKETS)
         self.errors = Counter("mcp_proxy_policy_errors_total", "Evaluations that gave no valid decision (denied)",
                               ["engine"], registry=r)
         self.reloads = Counter("mcp_proxy_policy_reloads_total", "Policy reloads, by result", ["result"], registry=r)
         self.bundle = Gauge("mcp_proxy_policy_bundle_info", "The policy revision in force", ["revision"], registry=r)
         Gauge("mcp_proxy_build_info", "Version of the proxy", ["version"], registry=r).labels(__version__).set(1)
-        self.auth_failures = Counter("mcp_proxy_auth_failures_total", "Requests refused by authentication",
-                                     ["server", "reason"], registry=r)
+        self.auth_failures = hot.counter("mcp_proxy_auth_failures_total", "Requests refused by authentication",
+                                         ["server", "reason"])
         self.server_expiry = Gauge("mcp_proxy_server_expiry_timestamp_seconds", "When a server's access ends",
                                    ["server"], registry=r)
         self.config_reloads = Counter("mcp_proxy_config_reloads_total", "Config reloads, by result", ["result"],
@@ -120,51 +132,74 @@ class Metrics:
         # Shipping (decision_log.service): entries dropped from the full buffer or lost at shutdown.
         self.decision_log_dropped = Counter("mcp_proxy_decision_log_dropped_total",
                                             "Decision-log entries dropped before they could be shipped", registry=r)
-        self._decision_children: dict[tuple[str, str, str], Counter] = {}
-        self._request_metrics(r)
+        # upstream.oauth: requests answered by the proxy for want of a usable grant (reasons: grant.py REASONS).
+        self.upstream_auth_failures = Counter("mcp_proxy_upstream_auth_failures_total",
+                                              "Requests not sent upstream, or refused by it, for want of a usable "
+                                              "OAuth grant to the upstream, by reason", ["reason"], registry=r)
+        self._request_metrics(r, hot)
         self._rate_limit_metrics(r)
+        # Series of known labels exist from the start at 0, so rate() and increase() see their first
+        # increment (a series born at 1 looks like no change).
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
+            self.config_reloads.labels(result)
+        for engine in ("embedded", "opa"):
+            self.errors.labels(engine)
+        for limit in LIMIT_KEYS:
+            self.limit_rejections.labels(limit)
+        self.connect_failures = Counter("mcp_proxy_upstream_connect_failures_total",
+                                        "Upstream connections that could not be opened (TCP, egress proxy, TLS), "
+                                        "by reason", ["reason"], registry=r)
+        for reason in CONNECT_FAILURES:
+            self.connect_failures.labels(reason)
 
     def decision(self, server: str, outcome: str, mode: str) -> None:
-        key = (server, outcome, mode)
-        child = self._decision_children.get(key)
-        if child is None:
-            child = self._decision_children[key] = self.decisions.labels(*key)
-        child.inc()
+        self.decisions.inc((server, outcome, mode))
+
+    def evaluated(self, engine: str, seconds: float) -> None:
+        self.evaluation.observe((engine,), seconds)
 
     def servers(self, servers: tuple[Server, ...]) -> None:
         self.server_expiry.clear()
         for server in servers:
+            self.upstream_rate_limited.labels(server.name)  # at 0 until the first 429 (see __init__)
             if server.expires_at is not None:
                 self.server_expiry.labels(server.name).set(server.expires_at.timestamp())
 
     def auth_failure(self, server: str, reason: str) -> None:
-        self.auth_failures.labels(server, reason).inc()
+        self.auth_failures.inc((server, reason))
 
     def limit_rejected(self, limit: str) -> None:
         self.limit_rejections.labels(limit).inc()
+
+    def upstream_auth_failure(self, reason: str) -> None:
+        self.upstream_auth_failures.labels(reason).inc()
+
+    def upstream_connect_failed(self, reason: str) -> None:
+        """`reason`: one of CONNECT_FAILURES (a bounded label)."""
+        self.connect_failures.labels(reason if reason in CONNECT_FAILURES else "unreachable").inc()
 
     def policy_in_force(self, revision: str) -> None:
         self.bundle.clear()
         self.bundle.labels(revision).set(1)
 
     # --- requests, upstream exchanges, streams and the upstream pool ---
-    def _request_metrics(self, r: CollectorRegistry) -> None:
-        self.operations = Histogram("mcp_server_operation_duration_seconds",
-                                    "MCP request or notification duration, from receipt until the answer is sent",
-                                    ["mcp_method_name", "gen_ai_tool_name", "error_type", "server"],
-                                    buckets=OPERATION_BUCKETS, registry=r)
-        self.requests = Counter("mcp_proxy_requests_total", "MCP endpoint requests, by outcome",
-                                ["server", "transport", "outcome"], registry=r)
-        self.overhead = Histogram("mcp_proxy_overhead_seconds",
-                                  "Time in the proxy until the answer starts, upstream waits excluded",
-                                  ["transport"], buckets=OVERHEAD_BUCKETS, registry=r)
-        self.upstream_latency = Histogram("mcp_proxy_upstream_request_duration_seconds",
-                                          "Upstream time to response headers", ["server"],
-                                          buckets=OPERATION_BUCKETS, registry=r)
-        self.upstream_statuses = Counter("mcp_proxy_upstream_responses_total", "Upstream answers, by HTTP status",
-                                         ["server", "status"], registry=r)
-        self.tool_calls = Counter("mcp_proxy_tool_calls_total", "tools/call requests decided, by decision",
-                                  ["server", "gen_ai_tool_name", "decision"], registry=r)
+    def _request_metrics(self, r: CollectorRegistry, hot: Series) -> None:
+        self.operations = hot.histogram("mcp_server_operation_duration_seconds",
+                                        "MCP request or notification duration, from receipt until the answer is sent",
+                                        ["mcp_method_name", "gen_ai_tool_name", "error_type", "server"],
+                                        OPERATION_BUCKETS)
+        self.requests = hot.counter("mcp_proxy_requests_total", "MCP endpoint requests, by outcome",
+                                    ["server", "transport", "outcome"])
+        self.overhead = hot.histogram("mcp_proxy_overhead_seconds",
+                                      "Time in the proxy until the answer starts, upstream waits excluded",
+                                      ["transport"], OVERHEAD_BUCKETS)
+        self.upstream_latency = hot.histogram("mcp_proxy_upstream_request_duration_seconds",
+                                              "Upstream time to response headers", ["server"], OPERATION_BUCKETS)
+        self.upstream_statuses = hot.counter("mcp_proxy_upstream_responses_total", "Upstream answers, by HTTP status",
+                                             ["server", "status"])
+        self.tool_calls = hot.counter("mcp_proxy_tool_calls_total", "tools/call requests decided, by decision",
+                                      ["server", "gen_ai_tool_name", "decision"])
         # Read when scraped (Metrics.watch), nothing done per request.
         self.open_streams = Gauge("mcp_proxy_open_streams", "Open SSE streams (legacy sessions included)",
                                   registry=r)
@@ -174,12 +209,6 @@ class Metrics:
         self.pool_idle = Gauge("mcp_proxy_upstream_connections_idle", "Upstream connections idle", registry=r)
         self.pool_waiting = Gauge("mcp_proxy_upstream_requests_waiting",
                                   "Requests waiting for an upstream connection", registry=r)
-        self._request_children: dict[tuple[str, str, str], Any] = {}
-        self._operation_children: dict[tuple[str, str, str, str], Any] = {}
-        self._overhead_children = {t: self.overhead.labels(t) for t in set(TRANSPORTS.values())}
-        self._upstream_latency_children: dict[str, Any] = {}
-        self._upstream_status_children: dict[tuple[str, str], Any] = {}
-        self._tool_children: dict[tuple[str, str, str], Any] = {}
 
     def watch(self, streams: Callable[[], int], legacy_sessions: Callable[[], int],
               pool: Callable[[], tuple[int, int, int]]) -> None:
@@ -200,20 +229,11 @@ class Metrics:
         _CURRENT.reset(token)
         elapsed = time.perf_counter() - record.start
         outcome = record.outcome or ("denied" if record.decision in ("deny", "error") else "invalid")
-        key = (record.server, record.transport, outcome)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(*key)
-        child.inc()
+        self.requests.inc((record.server, record.transport, outcome))
         if record.method is not None:  # an MCP message (a GET or DELETE carries none)
-            op_key = (record.method, record.tool, record.error_type, record.server)
-            op = self._operation_children.get(op_key)
-            if op is None:
-                op = self._operation_children[op_key] = self.operations.labels(*op_key)
-            op.observe(elapsed)
+            self.operations.observe((record.method, record.tool, record.error_type, record.server), elapsed)
         if record.answered:
-            self._overhead_children[record.transport].observe(
-                max(0.0, record.answered - record.start - record.upstream_s))
+            self.overhead.observe((record.transport,), max(0.0, record.answered - record.start - record.upstream_s))
         if record.rate_limits is not None:
             self.upstream_rate_limits(record.server, *record.rate_limits)
 
@@ -222,23 +242,12 @@ class Metrics:
         record = _CURRENT.get(_NOWHERE)
         record.upstream_s += seconds
         server = record.server
-        latency = self._upstream_latency_children.get(server)
-        if latency is None:
-            latency = self._upstream_latency_children[server] = self.upstream_latency.labels(server)
-        latency.observe(seconds)
-        key = (server, STATUS_LABELS.get(status, OTHER))
-        counter = self._upstream_status_children.get(key)
-        if counter is None:
-            counter = self._upstream_status_children[key] = self.upstream_statuses.labels(*key)
-        counter.inc()
+        self.upstream_latency.observe((server,), seconds)
+        self.upstream_statuses.inc((server, STATUS_LABELS.get(status, OTHER)))
 
     def tool_call(self, server: str, tool: str, decision: str) -> None:
         """A tools/call decided; `tool` is already a bounded label (the catalog's or a declared name, or other)."""
-        key = (server, tool, decision)
-        child = self._tool_children.get(key)
-        if child is None:
-            child = self._tool_children[key] = self.tool_calls.labels(*key)
-        child.inc()
+        self.tool_calls.inc((server, tool, decision))
 
     # --- upstream rate limits (docs/rate-limits.md) ---
     def _rate_limit_metrics(self, r: CollectorRegistry) -> None:

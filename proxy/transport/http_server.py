@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -38,6 +39,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from ..config import Config, Limits
 from ..protocol import jsonrpc
 from . import answers
+from .streams import CLIENT_GONE, EXCHANGE_TASK
 
 log = logging.getLogger("mcp_policy_proxy.http")
 
@@ -76,6 +78,12 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:  # an exchange under way is cut short
+            scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
+            scope[CLIENT_GONE] = True
+            if (task := scope.get(EXCHANGE_TASK)) is not None:
+                task.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -223,14 +231,18 @@ class DrainingServer(uvicorn.Server):
     only notices at its next tick, then closes listeners and idle connections, waits for the rest up
     to `timeout_graceful_shutdown`, cancels what remains, and runs the lifespan shutdown)."""
 
-    def __init__(self, config: uvicorn.Config, drain: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], None],
+                 on_started: Callable[[], None] | None = None) -> None:
         super().__init__(config)
         self._drain = drain
+        self._on_started = on_started
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def startup(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
+        if self.started and self._on_started is not None:
+            self._on_started()  # a worker tells its supervisor it serves (proxy/transport/workers.py)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
@@ -247,14 +259,17 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(app: Any, config: Config, drain: Callable[[], None], refused: Callable[[str], None], *,
-          log_level: str, access_log: bool, log_config: dict[str, Any] | None = None) -> bool:
-    """Serve `app` until SIGTERM/SIGINT and the drain are done; False when it never started."""
+          log_level: str, access_log: bool, log_config: dict[str, Any] | None = None,
+          sockets: list[socket.socket] | None = None, on_started: Callable[[], None] | None = None) -> bool:
+    """Serve `app` until SIGTERM/SIGINT and the drain are done; False when it never started.
+    `sockets`: listening sockets bound already (a worker's: proxy/transport/workers.py) instead of
+    listen.host and listen.port."""
     server_config = uvicorn.Config(
         app, host=config.listen.host, port=config.listen.port, log_level=log_level, loop="uvloop",
         log_config=log_config or uvicorn.config.LOGGING_CONFIG,  # proxy/observe/logging_setup.py builds it
         http=protocol_for(config.limits, refused), access_log=access_log, server_header=False, lifespan="on",
         timeout_graceful_shutdown=config.limits.shutdown_grace_s,  # type: ignore[arg-type]  # float works
     )
-    server = DrainingServer(server_config, drain)
-    server.run()
+    server = DrainingServer(server_config, drain, on_started)
+    server.run(sockets)
     return server.started

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..enforce.pipeline import Channel, Pipeline, Verdict
+from ..observe import tracing
 from ..protocol import jsonrpc
 from ..protocol.headers import check_routing_headers
 from ..protocol.jsonrpc import INVALID_REQUEST, Kind, Message, ProtocolError
@@ -69,7 +70,13 @@ async def decide(body: bytes, headers: list[tuple[str, str]], channel: Channel, 
 
 async def _decide(msg: Message, headers: list[tuple[str, str]], channel: Channel, pipeline: Pipeline
                   ) -> tuple[Message, Verdict]:
-    check_routing_headers(headers, msg, streamable=channel.transport == "streamable_http")
+    # Its span begins (with tracing on); `_meta` carries the span's context from here, before it is decided.
+    tracing.message_arrived(msg, channel, headers)
+    try:
+        check_routing_headers(headers, msg, streamable=channel.transport == "streamable_http")
+    except ProtocolError as exc:
+        tracing.message_refused(exc.code)
+        raise
     return msg, await pipeline.client_message(channel, msg, headers)
 
 

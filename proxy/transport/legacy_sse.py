@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,7 +110,7 @@ async def _open_session(ctx: ProxyContext, request: Request, access: Access, cha
         return await relay(channel, ctx.pipeline, resp, max_event_bytes=limits.max_sse_event_bytes,
                            timeout_s=ctx.config.upstream.timeout_s)
 
-    session = LegacySession(secrets.token_hex(16), channel)
+    session = LegacySession(ctx.sessions.legacy_id(), channel)  # naming its owner when there are several
     messages_path = request.url.path.removesuffix("sse") + "messages/"
 
     async def on_event(ev: Event) -> bytes | None:

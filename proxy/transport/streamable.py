@@ -78,7 +78,7 @@ async def handle(ctx: ProxyContext, request: Request, access: Access) -> Any:
     may_stream = request.method == "GET" or channel.request_id is not None
     try:
         relayed = await forward(ctx, access, exchange, may_stream=may_stream, request_id=channel.request_id,
-                                receive=request.receive)
+                                scope=request.scope)
     except UpstreamError as exc:
         return answers.upstream_failure(exc, channel.request_id).response()
     return relayed.response() if isinstance(relayed, answers.Answer) else relayed

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive
+from starlette.types import Scope
 
 from ..auth.authenticator import Access
 from ..observe.metrics import OTHER, STATUS_LABELS, current
@@ -29,33 +29,34 @@ Relayed = BodyResponse | StreamResponse
 _ENDED = asyncio.Event()
 _ENDED.set()
 
+# ASGI scope keys shared with the client-facing server (http_server.LimitedHttpProtocol): when the
+# client's connection is lost it sets CLIENT_GONE and cancels the task under EXCHANGE_TASK. No
+# watcher task per request (this is the hot path); under another server nothing is cancelled early.
+EXCHANGE_TASK = "mcp.exchange_task"
+CLIENT_GONE = "mcp.client_gone"
 
-async def _cancel_when_gone(receive: Receive, task: asyncio.Task[Any]) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    task.cancel()
 
-
-async def _unless_gone(exchange: Callable[[], Awaitable[Relayed]], receive: Receive) -> Relayed:
-    """`exchange()` in this task, with one watcher task that cancels it if the client leaves (one
-    task per request, not two: this is the hot path)."""
+async def _unless_gone(exchange: Callable[[], Awaitable[Relayed]], scope: Scope) -> Relayed:
+    """`exchange()`, cancelled if the client leaves before it returns (ClientDisconnect)."""
+    if scope.get(CLIENT_GONE):
+        raise ClientDisconnect()
     task = asyncio.current_task()
     assert task is not None
-    gone = asyncio.ensure_future(_cancel_when_gone(receive, task))
+    scope[EXCHANGE_TASK] = task
     try:
         return await exchange()
     except asyncio.CancelledError:
-        if gone.done() and not gone.cancelled():  # the watcher cancelled it: the client left
+        if scope.get(CLIENT_GONE):  # cancelled by the server: the client left
             task.uncancel()
             raise ClientDisconnect() from None
         raise
     finally:
-        gone.cancel()  # no await since `exchange()` ended: the watcher cannot have run meanwhile
+        del scope[EXCHANGE_TASK]
 
 
 async def forward(ctx: ProxyContext, access: Access, exchange: Callable[[], Awaitable[Relayed]], *,
                   may_stream: bool, request_id: Any = None, legacy: bool = False,
-                  receive: Receive | None = None) -> Relayed | answers.Answer:
+                  scope: Scope | None = None) -> Relayed | answers.Answer:
     """`exchange()` (forward upstream, relay the answer) with a stream slot for its answer; the
     limit's Answer when a cap is reached. UpstreamError passes through (the slot released).
 
@@ -63,7 +64,7 @@ async def forward(ctx: ProxyContext, access: Access, exchange: Callable[[], Awai
     protocol has as no stream (to a notification, a response, a DELETE, a legacy POST) that comes
     as one anyway takes a slot when it arrives; at a cap it ends at once (nobody waits on it).
 
-    `receive`: the client's ASGI channel; when the client leaves before the answer starts, the
+    `scope`: the client request's ASGI scope; when the client leaves before the answer starts, the
     exchange is cancelled (ClientDisconnect): a request still waiting for an upstream connection is
     never sent, one under way has its upstream connection closed (as nginx does by default)."""
     identity, server = access.principal.identity, access.server.name
@@ -76,7 +77,7 @@ async def forward(ctx: ProxyContext, access: Access, exchange: Callable[[], Awai
             return answers.limit_reached(taken, request_id)
         slot = taken
     try:
-        response = await (exchange() if receive is None else _unless_gone(exchange, receive))
+        response = await (exchange() if scope is None else _unless_gone(exchange, scope))
     except BaseException as exc:
         if slot is not None:
             slot.release()

@@ -27,20 +27,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
 from ..config import Upstream as UpstreamConfig
+from ..observe import tracing
 from ..protocol.content_coding import ContentCodingError, Decoder, decoder_for
 from ..protocol.headers import redirect
 from ..protocol.urls import UrlError, split_url
+from . import egress
+from .tls import client_context, closed_before_answer
+from .tls import describe as tls_failure
+
+if TYPE_CHECKING:
+    from ..upstream_oauth.grant import UpstreamGrant
 
 _HIGH_WATER = 1024 * 1024
 _LOW_WATER = 256 * 1024
@@ -59,6 +67,9 @@ _RAW_HEAD_FACTOR = 4
 _KEEPALIVE = [(getattr(socket, name), value) for name, value in
               (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)) if hasattr(socket, name)]
 _EXPIRED = object()  # what a waiter gets when its queue_timeout_s is over
+_FAILURE_LOG_S = 10.0  # a connect failure's cause is logged at most this often (per reason)
+
+log = logging.getLogger("mcp_policy_proxy.upstream")
 
 
 class UpstreamError(Exception):
@@ -75,10 +86,11 @@ class UpstreamError(Exception):
 class _Pool:
     """The connections to one origin: `open` counts those idle, in use and being opened."""
 
-    __slots__ = ("idle", "open", "origin", "waiters")
+    __slots__ = ("idle", "open", "origin", "route", "waiters")
 
-    def __init__(self, origin: tuple[str, str, int]) -> None:
+    def __init__(self, origin: tuple[str, str, int], route: egress.Route | None) -> None:
         self.origin = origin
+        self.route = route  # through an egress proxy's tunnel, or None: straight
         self.idle: list[_Connection] = []
         self.open = 0
         # Futures of requests waiting for a connection: a _Connection to reuse, None (a slot to
@@ -99,6 +111,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.slot = False  # holds one of the pool's slots (from a successful connect until closed)
         self.active = False  # an exchange is under way
+        self.reused = False  # has carried an exchange before the one under way
         self.pooled = False  # in the pool's idle list
         self.broken: UpstreamError | None = None  # why a callback stopped the parser
         self.idle_since = 0.0
@@ -215,10 +228,19 @@ class _Connection(asyncio.Protocol):
             self.gap = 0
 
     def connection_lost(self, exc: Exception | None) -> None:
+        ours = self.closed  # closed by this side (a failure, a timeout) before the loss
         self._gone()
         if exc is None and self.head.done() and not self.complete and not self.framed and self.error is None:
             self.complete = True  # a body delimited by the end of the connection (a clean end only)
             self._wake()
+        elif not ours and self.active and not self.head.done() and not self.received and not self.reused \
+                and self.pool.origin[0] == "https":
+            # A new TLS connection ended before its first answer: with TLS 1.3 the upstream checks a
+            # client certificate after the handshake, and says so (an alert) or just closes.
+            failure = None
+            if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
+                failure = tls_failure(exc)
+            self.fail(self.client._count_failure(self.pool, 502, *(failure or closed_before_answer())))
         else:
             self.fail(UpstreamError(502, "Upstream closed the connection"))
 
@@ -403,17 +425,31 @@ class UpstreamClient:
     and in use), one exchange per connection at a time, further requests queued (FIFO, bounded).
 
     `on_limit` is called for every request refused at the connection limit (a metric);
-    `on_answer(status, seconds)` for every answer head, with the time since its request was written."""
+    `on_answer(status, seconds)` for every answer head, with the time since its request was written;
+    `on_connect_failure(reason)` for every connection that could not be opened (tls.py, egress.py).
+
+    Connections go straight to the origin or through the egress proxy `config.proxy` names
+    (egress.py); TLS for https:// origins with the one context of `config.tls` (tls.py)."""
 
     def __init__(self, config: UpstreamConfig, on_limit: Callable[[], None] | None = None,
-                 on_answer: Callable[[int, float], None] | None = None) -> None:
+                 on_answer: Callable[[int, float], None] | None = None,
+                 on_connect_failure: Callable[[str], None] | None = None,
+                 grant: UpstreamGrant | None = None) -> None:
         self.config = config
         self.headers = dict(config.headers)
+        # The proxy's OAuth grant (upstream.oauth): only the real upstream's client has one, never
+        # the siblings' (cluster.py), and it is sent to upstream.url's origin only.
+        self.grant = grant
+        self._grant_origin = _origin(config.url) if grant is not None else None
         self._on_limit = on_limit
         self._on_answer = on_answer
+        self._on_connect_failure = on_connect_failure
         self._pools: dict[tuple[str, str, int], _Pool] = {}
         self._targets: dict[str, tuple[_Pool, bytes]] = {}
-        self._tls: ssl.SSLContext | None = None
+        https = any(u and u.startswith("https://") for u in (config.url, config.sse_url))
+        # Built once, at start (the default store honours SSL_CERT_FILE); config.parse has proven the files.
+        self._tls: ssl.SSLContext | None = client_context(config.tls) if https else None
+        self._failures_logged: dict[str, float] = {}
         self._limited = (("retry-after", str(max(1, math.ceil(config.queue_timeout_s)))),)
 
     def pool_stats(self) -> tuple[int, int, int]:
@@ -443,11 +479,18 @@ class UpstreamClient:
             except (UrlError, UnicodeEncodeError):
                 raise UpstreamError(502, "The upstream URL cannot be sent") from None
             origin = (scheme, host, port)
-            pool = self._pools.get(origin) or self._pools.setdefault(origin, _Pool(origin))
+            pool = self._pools.get(origin) or self._pool(origin)
             cached = (pool, target)
             if len(self._targets) < 1024:
                 self._targets[url] = cached
         return cached
+
+    def _pool(self, origin: tuple[str, str, int]) -> _Pool:
+        """An origin's pool, and the way to it (decided once, here)."""
+        route = egress.route(self.config.proxy, *origin)
+        if route is not None:
+            log.info("upstream %s://%s:%d is reached through the egress proxy %s", *origin, route.where)
+        return self._pools.setdefault(origin, _Pool(origin, route))
 
     # --- connection slots ---
     def _reuse(self, pool: _Pool) -> _Connection | None:
@@ -541,27 +584,68 @@ class UpstreamClient:
             self._free(conn.pool)
 
     async def _connect(self, pool: _Pool) -> _Connection:
-        """A new connection, in the slot the caller holds (freed if this fails)."""
+        """A new connection, in the slot the caller holds (freed if this fails): straight, or in a
+        tunnel through the egress proxy; TLS for https, inside the tunnel, to the origin's host."""
         scheme, host, port = pool.origin
         loop = asyncio.get_running_loop()
-        tls: ssl.SSLContext | None = None
+        tls = self._tls if scheme == "https" else None
+        if tls is None and scheme == "https":
+            tls = self._tls = client_context(self.config.tls)  # an https origin beside an http url
+        server_name = (self.config.tls.server_name or host) if tls is not None else None
+        deadline = loop.time() + self.config.connect_timeout_s
+
+        def factory() -> _Connection:
+            return _Connection(self, pool, loop)
+
         try:
-            if scheme == "https":
-                tls = self._tls = self._tls or ssl.create_default_context()  # honours SSL_CERT_FILE
-            async with asyncio.timeout(self.config.connect_timeout_s):
-                _, conn = await loop.create_connection(lambda: _Connection(self, pool, loop), host, port, ssl=tls)
+            if pool.route is None:
+                async with asyncio.timeout_at(deadline):
+                    _, conn = await loop.create_connection(factory, host, port, ssl=tls, server_hostname=server_name)
+            else:
+                sock = await egress.open_tunnel(loop, pool.route, deadline)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        _, conn = await loop.create_connection(factory, sock=sock, ssl=tls,
+                                                               server_hostname=server_name)
+                except BaseException:
+                    sock.close()
+                    raise
         except BaseException as exc:
             self._free(pool)
-            if isinstance(exc, TimeoutError):
-                raise UpstreamError(502, "Upstream unreachable: connect timeout") from None
-            if isinstance(exc, OSError):
-                raise UpstreamError(502, f"Upstream unreachable: {exc.strerror or type(exc).__name__}") from None
-            raise
+            if not isinstance(exc, Exception):
+                raise
+            raise self._connect_failed(pool, exc, tls is not None) from None
         if conn.closed:  # lost before it was ours
             self._free(pool)
             raise UpstreamError(502, "Upstream closed the connection")
         conn.slot = True
         return conn
+
+    def _connect_failed(self, pool: _Pool, exc: Exception, tls: bool) -> UpstreamError:
+        """The error for a connection that could not be opened: counted, its cause logged (at most
+        every _FAILURE_LOG_S per reason), never the egress proxy's credentials."""
+        if isinstance(exc, egress.EgressError):
+            failure = (exc.status, exc.reason, exc.message, exc.detail)
+        elif tls and (named := tls_failure(exc)) is not None:
+            failure = (502, *named)
+        elif isinstance(exc, TimeoutError):
+            failure = (502, "timeout", "Upstream unreachable: connect timeout", "")
+        elif isinstance(exc, OSError):
+            failure = (502, "unreachable", f"Upstream unreachable: {exc.strerror or type(exc).__name__}", "")
+        else:
+            raise exc
+        return self._count_failure(pool, *failure)
+
+    def _count_failure(self, pool: _Pool, status: int, reason: str, message: str, detail: str) -> UpstreamError:
+        if self._on_connect_failure is not None:
+            self._on_connect_failure(reason)
+        now = time.monotonic()
+        logged = self._failures_logged.get(reason, -math.inf)
+        if reason.startswith(("tls_", "proxy_")) and now - logged >= _FAILURE_LOG_S:
+            self._failures_logged[reason] = now
+            via = f" through the egress proxy {pool.route.where}" if pool.route is not None else ""
+            log.warning("upstream %s://%s:%d%s: %s%s", *pool.origin, via, message, f" ({detail})" if detail else "")
+        return UpstreamError(status, message)
 
     def release(self, conn: _Connection) -> None:
         """After a complete exchange: ready for the next one, or closed."""
@@ -570,6 +654,7 @@ class UpstreamClient:
             conn.close()
             return
         conn.begin()
+        conn.reused = True
         pool = conn.pool
         if pool.waiters:
             self._recycle(conn)
@@ -581,6 +666,35 @@ class UpstreamClient:
     # --- one exchange ---
     async def send(self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
                    ) -> UpstreamResponse:
+        if self.grant is not None:
+            return await self._send_authorized(self.grant, method, url, headers, body)
+        return await self._send_traced(method, url, headers, body)
+
+    async def _send_traced(self, method: str, url: str, headers: dict[str, str], body: bytes | None
+                           ) -> UpstreamResponse:
+        if (trace := tracing.current()) is not None:  # a CLIENT span, the W3C headers its context
+            return await trace.upstream(self._send, method, url, headers, body)
+        return await self._send(method, url, headers, body)
+
+    async def _send_authorized(self, grant: UpstreamGrant, method: str, url: str, headers: dict[str, str],
+                               body: bytes | None) -> UpstreamResponse:
+        """With the grant's bearer token. An upstream 401 means it did not act on the request: the
+        grant is refreshed (once, however many requests found the same) and the request sent once
+        more, as it was (bodies are sent whole, never streamed). The grant answers a 401 after that,
+        and a 403 for a scope it lacks (grant.py): they are about the proxy's credential."""
+        if self._target(url)[0].origin != self._grant_origin:
+            raise UpstreamError(502, "The proxy's upstream grant is sent to upstream.url's origin only")
+        value = grant.authorization() or await grant.current()
+        resp = await self._send_traced(method, url, {**headers, "authorization": value}, body)
+        if resp.status == 401:
+            resp.close()
+            value = await grant.rejected(value)
+            resp = await self._send_traced(method, url, {**headers, "authorization": value}, body)
+        if resp.status in (401, 403):
+            grant.refused(resp)
+        return resp
+
+    async def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None) -> UpstreamResponse:
         if method == "HEAD":  # its answer has no body the parser could know of: never sent
             raise UpstreamError(502, "HEAD is not sent upstream")
         pool, target = self._target(url)
@@ -629,6 +743,11 @@ class UpstreamClient:
             raise
         finally:
             timer.cancel()
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = split_url(url)
+    return parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:

@@ -7,7 +7,8 @@ sends from a few concurrent connections, in a loop, bodies up to the 4 MiB limit
 proxy the most: a 4 MiB tool name, nesting at the depth limit, case-twin keys, objects and arrays
 of as many values as a message may hold and of far more, a 4 MiB string full of commas, a 4 MiB
 array of empty objects. Meanwhile another client calls `/healthz` and a visible tool (relayed to
-the upstream and answered) over and over: both must stay under 100 ms at the 99th percentile.
+the upstream and answered) over and over: both must stay under 100 ms at the 99th percentile (or
+under 3x the tail the same loop sees without the attack, on a machine busy with other work).
 The figures are printed (`pytest -s` shows them).
 """
 
@@ -115,14 +116,10 @@ async def test_the_worst_client_bodies_do_not_stall_other_clients(sdk_upstream, 
         async with httpx.AsyncClient(timeout=10) as http:
             r = await http.post(proxy.url, json=call, headers=HEADERS)  # the inventory is listed once, here
             assert r.status_code == 200 and r.json()["result"]["isError"] is False, r.text
-            attacker = subprocess.Popen([sys.executable, "-m", "tests.e2e.test_availability", "--port",
-                                         str(proxy.port), "--seconds", str(ATTACK_SECONDS), "--tasks",
-                                         str(ATTACK_TASKS)], cwd=REPO_ROOT, stdout=subprocess.PIPE)
-            try:
-                await asyncio.sleep(0.5)  # the attack is under way (its bodies are built first)
+            async def sample(seconds: float) -> tuple[list[float], list[float]]:
                 health: list[float] = []
                 calls: list[float] = []
-                deadline = time.monotonic() + ATTACK_SECONDS - 1.0
+                deadline = time.monotonic() + seconds
                 while time.monotonic() < deadline:
                     start = time.perf_counter()
                     assert (await http.get(f"{proxy.base}/healthz")).status_code == 200
@@ -132,18 +129,31 @@ async def test_the_worst_client_bodies_do_not_stall_other_clients(sdk_upstream, 
                     calls.append(time.perf_counter() - start)
                     assert r.status_code == 200 and r.json()["result"]["isError"] is False, r.text
                     await asyncio.sleep(0.005)
+                return health, calls
+
+            quiet_health, quiet_calls = await sample(1.5)  # the same loop, no attack: this machine's own tail
+            attacker = subprocess.Popen([sys.executable, "-m", "tests.e2e.test_availability", "--port",
+                                         str(proxy.port), "--seconds", str(ATTACK_SECONDS), "--tasks",
+                                         str(ATTACK_TASKS)], cwd=REPO_ROOT, stdout=subprocess.PIPE)
+            try:
+                await asyncio.sleep(0.5)  # the attack is under way (its bodies are built first)
+                health, calls = await sample(ATTACK_SECONDS - 1.0)
                 out, _ = attacker.communicate(timeout=30)
             finally:
                 if attacker.poll() is None:
                     attacker.kill()
         statuses = json.loads(out)
-        for what, samples in (("/healthz", health), ("tools/call", calls)):
+        for what, samples in (("/healthz, no attack", quiet_health), ("tools/call, no attack", quiet_calls),
+                              ("/healthz", health), ("tools/call", calls)):
             print(f"{what}: {len(samples)} samples, median {statistics.median(samples) * 1000:.1f} ms, "
                   f"p99 {_p(samples, 0.99) * 1000:.1f} ms, max {max(samples) * 1000:.1f} ms")
         print(f"attacker: {sum(statuses.values())} answers by status {statuses}")
         assert sum(statuses.values()) >= ATTACK_TASKS * 2, statuses  # the attack did run
         assert not [s for s in statuses if s.startswith("5")], statuses
-        assert _p(health, 0.99) < P99_BUDGET_S and _p(calls, 0.99) < P99_BUDGET_S
+        # A stall (a body parsed on the event loop) costs seconds. On a machine busy with other work the
+        # quiet tail is already long: the budget is 100 ms or 3x that tail, whichever is larger.
+        assert _p(health, 0.99) < max(P99_BUDGET_S, 3 * _p(quiet_health, 0.99))
+        assert _p(calls, 0.99) < max(P99_BUDGET_S, 3 * _p(quiet_calls, 0.99))
         assert "Traceback" not in proxy.handle.stderr(), proxy.handle.stderr()[-3000:]
     finally:
         proxy.stop()

@@ -17,6 +17,7 @@ from typing import Any
 import httpx2
 import pytest
 
+from proxy.auth.sessions import SessionBinder
 from proxy.config import Policy, Server
 from proxy.config import Upstream as UpstreamConfig
 from proxy.enforce.enforcer import Enforcer
@@ -149,7 +150,7 @@ async def test_a_legacy_sse_charset_cannot_make_a_python_client_read_an_undecide
     config = SimpleNamespace(upstream=SimpleNamespace(sse_url="http://upstream/sse", timeout_s=5), limits=Limits())
     ctx = SimpleNamespace(config=config, upstream=upstream, pipeline=_enforcer(), legacy_sessions={},
                           revocation=lambda name: _asyncio.Event(), admission=Admission(Limits()),
-                          draining=_asyncio.Event())
+                          draining=_asyncio.Event(), sessions=SessionBinder(b"k" * 32))
     request = _post_request(b"")
     request.scope["method"], request.scope["path"] = "GET", "/sse"
     response = await legacy_sse.open_stream(ctx, request, Access(READ, ANONYMOUS))

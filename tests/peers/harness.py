@@ -21,6 +21,8 @@ STREAMABLE_MODES = ("stateful-sse", "stateful-json", "stateless-json")
 SDK_MODES = (*STREAMABLE_MODES, "legacy-sse")
 
 
+_EGRESS_VARS = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -82,7 +84,10 @@ def start_server(
     `env` is added to the current environment. Raises RuntimeError (with the process's stderr) if
     it exits or the port is not open within `timeout` seconds. The caller must ``stop()`` it.
     """
-    full_env = {**os.environ, **(env or {})}
+    # Servers here talk to loopback peers: a proxy the machine names for the registries is not for
+    # them (a test that means one passes it in `env`).
+    inherited = {k: v for k, v in os.environ.items() if k.lower() not in _EGRESS_VARS}
+    full_env = {**inherited, **(env or {})}
     log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
     stderr_path = log_dir / f"server-{port}-{time.monotonic_ns()}.stderr"
     # A file, not a pipe (a full pipe would block the server); closed by ServerHandle.stop().

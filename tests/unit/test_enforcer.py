@@ -156,7 +156,7 @@ class Recorder(DecisionLog):
         super().__init__("off", redact_arguments=False)
         self.entries: list[dict] = []
 
-    def log(self, decision_id, timestamp, input, result, eval_ns, labels) -> None:  # type: ignore[override]
+    def log(self, decision_id, timestamp, input, result, eval_ns, labels, trace=None) -> None:  # type: ignore[override]
         self.entries.append({"decision_id": decision_id, "input": input, "result": result, "labels": labels})
 
 

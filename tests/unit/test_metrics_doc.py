@@ -18,9 +18,19 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 _ROW = re.compile(r"^\| `(?P<name>[a-z_:][a-z0-9_:]*)` \| (?P<type>counter|gauge|histogram)\b")
 
 
-def documented_families() -> dict[str, str]:
-    """{metric name: type} from the rows of docs/metrics.md's tables that name a metric."""
-    rows = [m for m in (_ROW.match(line) for line in DOC.read_text().splitlines()) if m]
+GROUPS_HEADING = "### Worker groups"
+
+
+def documented_families(groups: bool = False) -> dict[str, str]:
+    """{metric name: type} from the rows of docs/metrics.md's tables that name a metric: those every
+    proxy exports, or (`groups`) those only a worker group adds (its own section)."""
+    before, _, after = DOC.read_text().partition(GROUPS_HEADING)
+    lines = after.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    table = lines[start:end]  # the section's one table
+    text = table if groups else [*before.splitlines(), *lines[:start], *lines[end:]]
+    rows = [m for m in (_ROW.match(line) for line in text) if m]
     names = [m["name"] for m in rows]
     assert len(names) == len(set(names)), f"a metric documented twice: {sorted(n for n in names if names.count(n) > 1)}"
     return {m["name"]: m["type"] for m in rows}

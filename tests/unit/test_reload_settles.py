@@ -114,7 +114,8 @@ def test_files_that_never_hold_still_while_read_leave_the_old_version_in_force(t
     monkeypatch.undo()
     assert holder.policy is first and reads[0] == 3
     assert "policy files kept changing while they were read" in caplog.text
-    assert "mcp_proxy_policy_reloads_total{" not in holder.metrics.render().decode()  # neither counted
+    text = holder.metrics.render().decode()
+    assert 'reloads_total{result="success"} 0.0' in text and 'reloads_total{result="failure"} 0.0' in text  # neither
     manager.poll()  # settled now: the next polls take it
     manager.poll()
     assert holder.policy is not first
