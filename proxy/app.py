@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 from .auth.authenticator import Access, Authenticator, AuthFailure, TokenVerifier
 from .auth.resource import WELL_KNOWN, challenge, metadata, metadata_url
 from .auth.sessions import SessionBinder
-from .config import Config, is_loopback
+from .config import Config, Limits, Upstream, is_loopback
 from .config_reload import ConfigReloader
 from .config_words import check_config_words
 from .enforce.enforcer import Enforcer
@@ -41,7 +41,6 @@ from .observe.tracing import Tracing
 from .policy.manager import PolicyManager, build_policy_set
 from .protocol import jsonrpc
 from .protocol.jsonrpc import ProtocolError
-from .stdio.launcher import Bridge, bridge_for
 from .transport import answers, legacy_sse, streamable
 from .transport.admission import Admission
 from .transport.context import ProxyContext
@@ -49,6 +48,7 @@ from .transport.intake import error_response, header_fault
 from .transport.paths import route
 from .transport.tool_listing import UpstreamToolLister
 from .transport.upstream import UpstreamClient
+from .transport.upstreams import Upstreams
 from .upstream_oauth.grant import upstream_grant
 
 Handler = Callable[[ProxyContext, Request, Access], Awaitable[Any]]
@@ -84,35 +84,21 @@ async def healthz(request: Request) -> JSONResponse:
 
 async def readyz(request: Request) -> JSONResponse:
     """Ready: not draining, the policy in force decides (a probe decision: proxy/policy/manager.py)
-    and the upstream accepts connections. A 503's `reason` names each check that failed."""
+    and every upstream accepts connections (its OAuth grant, its stdio bridge). A 503's `reason`
+    names each check that failed (with several upstreams, the servers of each that failed)."""
     ctx: ProxyContext = request.app.state.proxy
     if ctx.draining.is_set():  # shutting down: a load balancer sends no more
         return JSONResponse({"status": "draining"}, status_code=503, headers={"connection": "close"})
     manager: PolicyManager | None = request.app.state.policy
-    bridge: Bridge | None = request.app.state.bridge  # a stdio upstream: whether its command starts
-    upstream = _upstream_readiness(ctx.config.upstream.url) if bridge is None else bridge.readiness()
-    checks = await asyncio.gather(manager.readiness() if manager is not None else _no_problem(), upstream)
+    checks = await asyncio.gather(manager.readiness() if manager is not None else _no_problem(),
+                                  ctx.upstreams.readiness())
     problems = [problem for problem in checks if problem is not None]
-    if ctx.upstream.grant is not None and (no_grant := ctx.upstream.grant.readiness()) is not None:
-        problems.append(no_grant)  # upstream.oauth: nothing can be sent until someone logs in
     if problems:
         return JSONResponse({"status": "unavailable", "reason": "; ".join(problems)}, status_code=503)
     return JSONResponse({"status": "ready"})
 
 
 async def _no_problem() -> None:
-    return None
-
-
-async def _upstream_readiness(upstream_url: str) -> str | None:
-    url = urlsplit(upstream_url)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        async with asyncio.timeout(1.0):
-            _, writer = await asyncio.open_connection(url.hostname, port)
-        writer.close()
-    except (OSError, TimeoutError):
-        return "upstream unreachable"
     return None
 
 
@@ -130,14 +116,16 @@ class ProxyApp:
         self._clock = clock
         self._owner = owner
         self._background: set[asyncio.Future[Any]] = set()
-        self.bridge = bridge_for(config)  # upstream.command: the bridge serving it (proxy/stdio), its upstream
-        if self.bridge is not None:
-            config = self.bridge.bridged(config)
+        self.metrics = Metrics()
+        # Every upstream the servers use (servers[].upstream), built once: client, grant, tool
+        # inventory, stdio bridge (proxy/stdio). A stdio top-level upstream's bridge gives the
+        # config the upstream URL the proxy runs with.
+        self.upstreams = Upstreams(config, lambda reached: self._connect(reached, config))
+        config = self.upstreams.bridged(config)
         if config.limits.max_streams >= config.upstream.max_connections:
             log.warning("limits.max_streams (%d) is not below upstream.max_connections (%d): open streams can take "
                         "every upstream connection, and other requests then wait (docs/configuration.md)",
                         config.limits.max_streams, config.upstream.max_connections)
-        self.metrics = Metrics()
         self.decision_log = DecisionLog(config.decision_log["sink"],
                                         redact_arguments=config.decision_log["redact_arguments"],
                                         service=config.decision_log["service"],
@@ -145,24 +133,19 @@ class ProxyApp:
         self.metrics.servers(config.servers)
         self.tracing = Tracing.from_config(config)  # None: off (docs/tracing.md)
         self.policy_manager: PolicyManager | None = None
-        upstream = UpstreamClient(config.upstream,
-                                  on_limit=lambda: self.metrics.limit_rejected("upstream.max_connections"),
-                                  on_answer=self.metrics.upstream_answered,
-                                  on_connect_failure=self.metrics.upstream_connect_failed,
-                                  grant=upstream_grant(config.upstream, config.source,
-                                                       self.metrics.upstream_auth_failure))
         if pipeline is None:
             policy = build_policy_set(config.policy)
             check_config_words(config, policy.catalog)
             self.metrics.policy_in_force(policy.engine.revision)
             enforcer = Enforcer(policy, config.servers, self.decision_log, mode=config.policy.mode, clock=clock,
-                                metrics=self.metrics, inventory=tool_inventory(config, upstream))
+                                metrics=self.metrics, inventory=self.upstreams.default.inventory,
+                                inventories=self.upstreams.inventory)
             self.policy_manager = PolicyManager(config.policy, enforcer, lambda: self.ctx.config)
             pipeline = enforcer
-        self.ctx = ProxyContext(config, pipeline, upstream, session_binder(config, owner),
+        self.ctx = ProxyContext(config, pipeline, self.upstreams, session_binder(config, owner),
                                 Admission(config.limits, self.metrics.limit_rejected))
         admission = self.ctx.admission
-        self.metrics.watch(lambda: admission.streams, lambda: admission.legacy_sessions, upstream.pool_stats)
+        self.metrics.watch(lambda: admission.streams, lambda: admission.legacy_sessions, self.upstreams.pool_stats)
         self.allowed_origins = allowed_origins(config)
         self.jwt = jwt_verifier(config)
         self.authenticator = authenticator(config, self.jwt, clock)
@@ -179,8 +162,8 @@ class ProxyApp:
             # Everything built so far lives as long as the process: out of the collector's sight, a
             # full collection (which requests' containers trigger) costs ~0 instead of ~100 ms.
             gc.freeze()
-            if self.bridge is not None:
-                self.bridge.start()
+            for bridge in self.upstreams.bridges():
+                bridge.start()
             watchers = []
             manager, reloader = self.policy_manager, self.config_reloader
             interval = config.policy.reload_interval_s
@@ -195,9 +178,9 @@ class ProxyApp:
                     watcher.cancel()
                 if manager is not None:
                     await manager.holder.policy.engine.close()
-                await self.ctx.upstream.close()
-                if self.bridge is not None:
-                    await asyncio.to_thread(self.bridge.stop)  # its server processes end too
+                await self.upstreams.close()
+                for bridge in self.upstreams.bridges():
+                    await asyncio.to_thread(bridge.stop)  # its server processes end too
                 if self.jwt is not None:
                     await self.jwt.close()  # type: ignore[attr-defined]
                 await self.decision_log.aclose()  # shipped entries flushed too, within their timeout
@@ -213,7 +196,14 @@ class ProxyApp:
         ], lifespan=lifespan)
         self.other.state.proxy = self.ctx
         self.other.state.policy = self.policy_manager  # for /readyz
-        self.other.state.bridge = self.bridge
+
+    def _connect(self, upstream: Upstream, config: Config) -> tuple[UpstreamClient, ToolInventory]:
+        """One upstream's client (with its OAuth grant) and tool inventory; `upstream` as reached."""
+        client = UpstreamClient(upstream, on_limit=lambda: self.metrics.limit_rejected("upstream.max_connections"),
+                                on_answer=self.metrics.upstream_answered,
+                                on_connect_failure=self.metrics.upstream_connect_failed,
+                                grant=upstream_grant(upstream, config.source, self.metrics.upstream_auth_failure))
+        return client, tool_inventory(upstream, config.limits, client)
 
     def drain(self) -> None:
         """Shutdown begins (SIGTERM; proxy/transport/http_server.py): /readyz answers 503, new MCP
@@ -236,8 +226,8 @@ class ProxyApp:
         changes, when a server names a method or tag the catalog in force does not know."""
         if self.policy_manager is not None:
             check_config_words(new, self.policy_manager.holder.policy.catalog)
-        if self.bridge is not None:
-            new = self.bridge.bridged(new)  # the running upstream, unless upstream.* changed
+        new = self.upstreams.bridged(new)  # the running upstream, unless upstream.* changed
+        self.upstreams.check(new.servers)  # servers[].upstream: only upstreams running (a new one: restart)
         old = self.ctx.config
         kept = {key: getattr(old, key) for key in RESTART_ONLY if getattr(new, key) != getattr(old, key)}
         for key in kept:
@@ -254,6 +244,7 @@ class ProxyApp:
         self.ctx.config = new
         self.allowed_origins = allowed_origins(new)
         self.authenticator = authenticator(new, self.jwt, self._clock)
+        self.upstreams.assign(new.servers)
         if isinstance(self.ctx.pipeline, Enforcer):
             self.ctx.pipeline.set_servers(new.servers)
         self.metrics.servers(new.servers)
@@ -375,11 +366,11 @@ def jwt_verifier(config: Config) -> TokenVerifier | None:
                        min_refetch_interval_s=jwt.min_refetch_interval_s)
 
 
-def tool_inventory(config: Config, upstream: UpstreamClient) -> ToolInventory:
-    """What the upstream declares of its tools; listed with the proxy's own credential when needed."""
-    lister = UpstreamToolLister(upstream, config.upstream.url, max_bytes=config.limits.max_sse_event_bytes,
-                                timeout_s=config.upstream.timeout_s, sse_url=config.upstream.sse_url)
-    return ToolInventory(lister, ttl_s=config.upstream.tools_ttl_s)
+def tool_inventory(upstream: Upstream, limits: Limits, client: UpstreamClient) -> ToolInventory:
+    """What an upstream declares of its tools; listed with the proxy's own credential when needed."""
+    lister = UpstreamToolLister(client, upstream.url, max_bytes=limits.max_sse_event_bytes,
+                                timeout_s=upstream.timeout_s, sse_url=upstream.sse_url)
+    return ToolInventory(lister, ttl_s=upstream.tools_ttl_s)
 
 
 def session_binder(config: Config, owner: str | None = None) -> SessionBinder:

@@ -7,6 +7,7 @@ Exit codes: 0 ok, 2 usage or configuration error (the message names file and key
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import logging
 import os
@@ -81,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     login.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the redirect (default 300)")
     ustatus = up_sub.add_parser("status", help="the grant's scopes and expiry (never a token)")
     ustatus.add_argument("--config", help=f"YAML config file (default: ${CONFIG_ENV})")
+    for parser in (login, ustatus):
+        parser.add_argument("--server", help="the grant of this server's upstream (servers[].upstream.oauth) "
+                                             "instead of the top-level upstream's")
 
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
@@ -293,8 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "upstream":
             from .upstream_oauth.commands import command
 
-            return command(args.upstream_command, load(args.config or os.environ.get(CONFIG_ENV) or None),
-                           getattr(args, "timeout", 0.0))
+            config = load(args.config or os.environ.get(CONFIG_ENV) or None)
+            if args.server is not None:  # servers[].upstream: that upstream's grant (docs/upstreams.md)
+                server = next((s for s in config.servers if s.name == args.server), None)
+                if server is None:
+                    print(f"mcp-policy-proxy: {config.source}: no server named {args.server!r}", file=sys.stderr)
+                    return 2
+                config = dataclasses.replace(config, upstream=server.upstream or config.upstream)
+            return command(args.upstream_command, config, getattr(args, "timeout", 0.0))
         if args.command == "config":
             from .config_words import check_config_words
             from .policy.manager import build_policy_set

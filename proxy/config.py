@@ -155,6 +155,10 @@ class Server:
     # An upstream 429 told to the agent as a tool result / JSON-RPC error (docs/rate-limits.md);
     # None in the file: rate_limit.surface_to_agent decides (parse fills it in).
     surface_rate_limit: bool | None = None
+    # servers[].upstream (docs/upstreams.md "One upstream per server"), resolved: a section naming
+    # url or command is an upstream of its own, one naming neither tunes the top-level one's
+    # limits. None: the top-level upstream as it is.
+    upstream: Upstream | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -383,7 +387,7 @@ def _article(noun: str) -> str:
             "dict": "a mapping", "list": "a list"}.get(noun, noun)
 
 
-def _server(r: _Reader) -> Server:
+def _server(r: _Reader, top: Upstream) -> Server:
     name = r.get("name", str)
     if name is None:
         raise r.err("name", "is required")
@@ -405,9 +409,54 @@ def _server(r: _Reader) -> Server:
         require_api_token_auth=r.get("require_api_token_auth", bool, False),
         expires_at=expires.astimezone(UTC) if expires else None, params=r.get("params", dict, {}),
         surface_rate_limit=r.get("surface_rate_limit", bool),
+        upstream=_server_upstream(r.child("upstream"), top) if r.data.get("upstream") is not None else None,
     )
+    r.used.add("upstream")
     r.done()
     return server
+
+
+# What servers[].upstream may tune without naming an upstream of its own: limits, never a credential.
+_TUNABLE = ("timeout_s", "connect_timeout_s", "keepalive_s", "max_connections", "queue_timeout_s", "max_queue",
+            "max_header_bytes", "read_timeout_s", "tools_ttl_s", "max_children", "session_idle_timeout_s")
+
+
+def _server_upstream(r: _Reader, top: Upstream) -> Upstream:
+    """servers[i].upstream: with url or command, an upstream of its own, parsed as the top-level one
+    is and inheriting nothing from it (its headers, oauth, tls or proxy must never reach another
+    origin); with neither, the top-level upstream with some limits changed."""
+    if r.data.get("url") is not None or r.data.get("command") is not None:
+        return _upstream(r, r.source)
+    tuned: dict[str, Any] = {}
+    for name in r.data:
+        if name in _TUNABLE:
+            if name in _STDIO_ONLY and not top.command:
+                raise r.err(name, "applies to a stdio upstream only (upstream.command)")
+            default = getattr(top, name)
+            tuned[name] = r.positive(name, type(default), default)
+        elif name in {f.name for f in fields(Upstream)}:
+            raise r.err(name, "applies to an upstream of this server's own: name its url (or command) too; "
+                              "without one, servers[].upstream only tunes the top-level upstream's limits")
+    r.done()
+    return replace(top, **tuned)
+
+
+def _check_server_upstreams(servers: tuple[Server, ...], top: Upstream, source: str, *, several: bool) -> None:
+    """A stdio upstream of a server's own needs one process (the worker group shares only the
+    top-level upstream's bridge); two upstreams never share one OAuth grant file."""
+    grants: dict[str, Upstream] = {top.oauth.token_file: top} if top.oauth is not None else {}
+    for i, s in enumerate(servers):
+        if s.upstream is None or s.upstream == top:
+            continue
+        if s.upstream.command and several:
+            raise ConfigError(source, f"servers[{i}].upstream.command",
+                              "a stdio upstream of a server's own needs listen.workers 1 and no cluster section "
+                              "(the worker group shares the top-level upstream's bridge only)")
+        if s.upstream.oauth is not None:
+            other = grants.setdefault(s.upstream.oauth.token_file, s.upstream)
+            if other != s.upstream:
+                raise ConfigError(source, f"servers[{i}].upstream.oauth.token_file",
+                                  "is another upstream's grant file: each upstream keeps its own")
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -675,10 +724,8 @@ def _check_shared_session_key(auth: Auth, source: str, why: str) -> None:
         raise ConfigError(source, "auth.session_key", f"must be at least 16 characters with {why}; {fix}")
 
 
-def parse(data: Any, source: str) -> Config:
-    root = _Reader(_expand(data, source, ""), source, "")
-
-    up = root.child("upstream")
+def _upstream(up: _Reader, source: str) -> Upstream:
+    """upstream, or servers[i].upstream naming an upstream of its own (url or command)."""
     stdio = _stdio(up, source) if up.data.get("command") is not None else {}
     url = "" if stdio else up.url("url")
     if url is None:
@@ -714,6 +761,13 @@ def parse(data: Any, source: str) -> Config:
         if up.data.get(name) is not None:
             raise up.err(name, "applies to a stdio upstream only (upstream.command)")
     up.done()
+    return upstream
+
+
+def parse(data: Any, source: str) -> Config:
+    root = _Reader(_expand(data, source, ""), source, "")
+
+    upstream = _upstream(root.child("upstream"), source)
 
     ls = root.child("listen")
     port = ls.get("port", int, 8080)
@@ -791,7 +845,7 @@ def parse(data: Any, source: str) -> Config:
     else:
         if not raw_servers:
             raise root.err("servers", "must name at least one server")
-        servers = tuple(_server(_Reader(s, source, f"servers[{i}]")) for i, s in enumerate(raw_servers))
+        servers = tuple(_server(_Reader(s, source, f"servers[{i}]"), upstream) for i, s in enumerate(raw_servers))
         names = [s.name for s in servers]
         for i, s in enumerate(servers):
             if names.index(s.name) != i:
@@ -804,6 +858,7 @@ def parse(data: Any, source: str) -> Config:
                                   "needs bearer credentials: configure auth.api_tokens or auth.jwt")
         if any(s.token_hmac for s in servers) and not auth.url_token_key:
             raise ConfigError(source, "auth.url_token_key", "is required when a server has a token_hmac")
+        _check_server_upstreams(servers, upstream, source, several=workers > 1 or cluster is not None)
 
     rl = root.child("rate_limit")
     rate_limit = RateLimit(surface_to_agent=rl.get("surface_to_agent", bool, False))

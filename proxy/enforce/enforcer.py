@@ -128,10 +128,15 @@ class _Call:
 class Enforcer:
     def __init__(self, policy: PolicySet, servers: tuple[Server, ...], decision_log: DecisionLog, *,
                  mode: str = "enforce", clock: Callable[[], float] = time.time,
-                 metrics: Metrics | None = None, inventory: ToolInventory | None = None) -> None:
+                 metrics: Metrics | None = None, inventory: ToolInventory | None = None,
+                 inventories: Callable[[Server], ToolInventory] | None = None) -> None:
+        """`inventories`: each server's upstream's tools (servers[].upstream); without it, `inventory`
+        is every server's."""
         self.policy = policy
         self.metrics = metrics or Metrics()
         self.inventory = inventory or ToolInventory(None)
+        self._inventories = inventories
+        self._named = {s.name: s for s in servers}
         self._mode = mode
         self.dry_run = mode == "dry_run"
         self._servers = {s.name: server_input(s) for s in servers}
@@ -144,6 +149,11 @@ class Enforcer:
     def set_servers(self, servers: tuple[Server, ...]) -> None:
         """After a config reload: the servers' policy input, rebuilt once."""
         self._servers = {s.name: server_input(s) for s in servers}
+        self._named = {s.name: s for s in servers}
+
+    def _inventory(self, server: Server | None) -> ToolInventory:
+        """The tools of `server`'s upstream: a tool list of one upstream never decides a call to another."""
+        return self._inventories(server) if self._inventories is not None and server is not None else self.inventory
 
     def _server(self, channel: Channel) -> dict[str, Any]:
         doc = self._servers.get(channel.server.name)
@@ -166,7 +176,7 @@ class Enforcer:
             if len(name) > limit:
                 refused = Ruling.refused(Refusal.INVALID_NAME, f"{what} are at most {limit} characters")
                 name = name[:limit]
-        call = await self._check_call(msg, name, headers, refused) \
+        call = await self._check_call(channel, msg, name, headers, refused) \
             if method == "tools/call" and msg.kind is Kind.REQUEST else None
         extra: dict[str, Any] = {}
         if call is not None:
@@ -221,7 +231,7 @@ class Enforcer:
             return await self._filter_tools(channel, msg, result, declares=channel.watched.get(msg.id) == "tools/list")
         if msg.kind is Kind.NOTIFICATION:
             if msg.method == "notifications/tools/list_changed":
-                self.inventory.invalidate()
+                self._inventory(channel.server).invalidate()
             return None  # progress, logging, list_changed: they carry nothing the policy gates
         input = build_input(channel, self._server(channel), self._time(), kind="request",
                             direction=SERVER_TO_CLIENT, method=msg.method, name=message_name(msg))
@@ -235,7 +245,7 @@ class Enforcer:
         return None
 
     # --- the proxy's own checks of a tools/call ---
-    async def _check_call(self, msg: Message, name: str | None, headers: Iterable[tuple[str, str]],
+    async def _check_call(self, channel: Channel, msg: Message, name: str | None, headers: Iterable[tuple[str, str]],
                           refused: Ruling | None) -> _Call:
         """`name`: the called name, cut to the limit when `refused` (too long) already."""
         arguments = msg.params.get("arguments") or {}  # intake refused anything but an object or null
@@ -245,7 +255,7 @@ class Enforcer:
         # Only a name the upstream declared goes further (a set look-up): the catalog, the schema
         # check and the policy never see one it did not.
         try:
-            definition = await self.inventory.lookup(name)
+            definition = await self._inventory(channel.server).lookup(name)
         except InventoryUnavailable as exc:
             reason = f"the upstream's tools could not be listed to check this call: {exc}"
             return _Call({"name": name, "arguments": arguments},
@@ -303,7 +313,7 @@ class Enforcer:
         tools = [t for t in result["tools"]
                  if isinstance(t, dict) and isinstance(t.get("name"), str) and not jsonrpc.case_twins(t)]
         if declares:
-            self.inventory.learn(tools)
+            self._inventory(channel.server).learn(tools)
         entries = []
         for tool in tools:
             annotations = tool.get("annotations") if isinstance(tool.get("annotations"), dict) else None
@@ -349,12 +359,12 @@ class Enforcer:
                       scope=scope if isinstance(scope, str) and scope else None, result=decision.result,
                       eval_ns=elapsed)
 
-    def _tool_label(self, name: str | None) -> str:
+    def _tool_label(self, name: str | None, server: str) -> str:
         """A tool name as a metric label: only one the catalog names or the upstream declared."""
         catalog = self.policy.catalog
         if self._catalog_names[0] is not catalog:  # a policy reload brought another catalog
             self._catalog_names = (catalog, frozenset(catalog.known_names))
-        if name is not None and (name in self.inventory or name in self._catalog_names[1]):
+        if name is not None and (name in self._inventory(self._named.get(server)) or name in self._catalog_names[1]):
             return name
         return OTHER
 
@@ -371,7 +381,7 @@ class Enforcer:
             record, method = current(), message["method"]
             record.method, record.decision = method if method in MCP_METHODS else OTHER, outcome
             if method == "tools/call":
-                record.tool = tool = self._tool_label(message["name"])
+                record.tool = tool = self._tool_label(message["name"], server)
                 self.metrics.tool_call(server, tool, outcome)
         labels = {"engine": engine.name, "revision": engine.revision, "mode": self._mode}
         trace = tracing.decided(decision_id, outcome, message, ruling.eval_ns, labels,

@@ -201,6 +201,11 @@ class ToolInventory:
                 return None  # it was not there
         await self.refresh()
         definition = self._tools.get(name)
+        if definition is not None and self._seen[name] < self._stale_before:
+            # A list_changed arrived while the upstream was being listed (a server announcing one as
+            # each session starts does): what was listed may predate it, so list once more.
+            await self.refresh()
+            definition = self._tools.get(name)
         return definition if definition is not None and self._fresh(name) else None
 
     async def refresh(self) -> None:

@@ -1,4 +1,4 @@
-"""What every request handler shares in one worker: config, pipeline, upstream client, sessions,
+"""What every request handler shares in one worker: config, pipeline, upstreams, sessions,
 stream admission, and what ends streams (revocation, the drain at shutdown)."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from ..config import Config
 from ..enforce.pipeline import Pipeline
 from .admission import Admission
 from .upstream import UpstreamClient
+from .upstreams import Upstreams
 
 if TYPE_CHECKING:
     from .legacy_sse import LegacySession
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 class ProxyContext:
     config: Config
     pipeline: Pipeline
-    upstream: UpstreamClient
+    upstreams: Upstreams  # each server's upstream: `upstreams.route(access.server)`
     sessions: SessionBinder
     admission: Admission
     legacy_sessions: dict[str, LegacySession] = field(default_factory=dict)
@@ -37,6 +38,11 @@ class ProxyContext:
     # by itself once answered, so the drain lets it finish; a legacy session ends at the drain once
     # its requests are answered.)
     stream_ends: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    @property
+    def upstream(self) -> UpstreamClient:
+        """The top-level upstream's client (servers without servers[].upstream use it)."""
+        return self.upstreams.default.client
 
     def revocation(self, server: str) -> asyncio.Event:
         return self.revocations.setdefault(server, asyncio.Event())

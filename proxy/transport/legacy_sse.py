@@ -33,6 +33,7 @@ from .intake import admit
 from .relay import SSE_TYPE, BodyResponse, StreamResponse, observe_rate_limits, relay, relay_sse, relayed_headers, typed
 from .streams import forward
 from .upstream import UpstreamError
+from .upstreams import Route
 
 log = logging.getLogger("mcp_policy_proxy.legacy_sse")
 
@@ -89,26 +90,27 @@ def _same_origin(a: str, b: str) -> bool:
 async def open_stream(ctx: ProxyContext, request: Request, access: Access) -> Any:
     if request.method != "GET":  # HEAD or POST must not open an upstream stream
         return BodyResponse(405, [(b"allow", b"GET")], b"")
-    sse_url = ctx.config.upstream.sse_url
+    up = ctx.upstreams.route(access.server)  # this server's upstream (servers[].upstream)
+    sse_url = up.config.sse_url
     if sse_url is None:
         return BodyResponse(404, [], b"Legacy SSE is not configured (upstream.sse_url)")
     channel = Channel("legacy_sse", access.server, "GET", None, request.headers.get("origin"), access.principal)
-    headers = upstream_request_headers(request.headers.items(), ctx.upstream.headers)
+    headers = upstream_request_headers(request.headers.items(), up.client.headers)
     try:  # a session is a stream: its slot is taken before the upstream opens one
-        relayed = await forward(ctx, access, lambda: _open_session(ctx, request, access, channel, sse_url, headers),
+        relayed = await forward(ctx, access, lambda: _open_session(ctx, up, request, access, channel, sse_url, headers),
                                 may_stream=True, legacy=True)
     except UpstreamError as exc:
         return answers.upstream_failure(exc, None).response()
     return relayed.response() if isinstance(relayed, answers.Answer) else relayed
 
 
-async def _open_session(ctx: ProxyContext, request: Request, access: Access, channel: Channel, sse_url: str,
-                        headers: dict[str, str]) -> BodyResponse | StreamResponse:
-    resp = await ctx.upstream.send("GET", sse_url, headers)
+async def _open_session(ctx: ProxyContext, up: Route, request: Request, access: Access, channel: Channel,
+                        sse_url: str, headers: dict[str, str]) -> BodyResponse | StreamResponse:
+    resp = await up.client.send("GET", sse_url, headers)
     limits = ctx.config.limits
     if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
         return await relay(channel, ctx.pipeline, resp, max_event_bytes=limits.max_sse_event_bytes,
-                           timeout_s=ctx.config.upstream.timeout_s)
+                           timeout_s=up.config.timeout_s)
 
     session = LegacySession(ctx.sessions.legacy_id(), channel)  # naming its owner when there are several
     messages_path = request.url.path.removesuffix("sse") + "messages/"
@@ -174,14 +176,15 @@ async def post_message(ctx: ProxyContext, request: Request, access: Access) -> A
     if not verdict.allow:
         challenge = ctx.scope_challenge(request, verdict.scope, "/sse") if verdict.scope else None
         return await session.deliver(answers.refusal(verdict, challenge))
-    headers = upstream_request_headers(request.headers.items(), ctx.upstream.headers)
+    up = ctx.upstreams.route(access.server)  # the session's: its server is the same (checked above)
+    headers = upstream_request_headers(request.headers.items(), up.client.headers)
     headers.update(verdict.headers)
     upstream_url = session.upstream_url
 
     async def exchange() -> BodyResponse | StreamResponse:
-        resp = await ctx.upstream.send("POST", upstream_url, headers, msg.encode())
+        resp = await up.client.send("POST", upstream_url, headers, msg.encode())
         return await relay(session.channel, ctx.pipeline, resp, max_event_bytes=ctx.config.limits.max_sse_event_bytes,
-                           timeout_s=ctx.config.upstream.timeout_s, request_id=msg.id)
+                           timeout_s=up.config.timeout_s, request_id=msg.id)
 
     try:  # this transport's answers travel on the session's stream: the POST's own is no stream
         relayed = await forward(ctx, access, exchange, may_stream=False, request_id=msg.id)

@@ -54,7 +54,8 @@ async def handle(ctx: ProxyContext, request: Request, access: Access) -> Any:
     elif request.method not in ("GET", "DELETE"):
         return BodyResponse(405, [(b"allow", _ALLOWED.encode())], b"")
 
-    headers = upstream_request_headers(request.headers.items(), ctx.upstream.headers)
+    up = ctx.upstreams.route(access.server)  # this server's upstream (servers[].upstream)
+    headers = upstream_request_headers(request.headers.items(), up.client.headers)
     if body is None:  # Mcp-Method and Mcp-Name describe a body: without one nothing checked them
         headers.pop(METHOD, None)
         headers.pop(NAME, None)
@@ -63,9 +64,9 @@ async def handle(ctx: ProxyContext, request: Request, access: Access) -> Any:
         headers[SESSION_ID] = upstream_session
 
     async def exchange() -> BodyResponse | StreamResponse:
-        resp = await ctx.upstream.send(request.method, ctx.config.upstream.url, headers, body)
+        resp = await up.client.send(request.method, up.config.url, headers, body)
         response = await relay(channel, ctx.pipeline, resp, max_event_bytes=ctx.config.limits.max_sse_event_bytes,
-                               timeout_s=ctx.config.upstream.timeout_s)
+                               timeout_s=up.config.timeout_s)
         response.headers = [(n, ctx.sessions.wrap(identity, server_name, v.decode("latin-1")).encode("latin-1"))
                             if n == b"mcp-session-id" else (n, v) for n, v in response.headers]
         if isinstance(response, StreamResponse):

@@ -271,6 +271,27 @@ async def test_list_changed_makes_the_proxy_list_again():
     assert (await e.client_message(ch, call("create_a_missive_post"))).reply["error"]["code"] == -32602
 
 
+async def test_a_list_changed_during_the_listing_lists_once_more_instead_of_refusing():
+    """A server announcing list_changed as each session starts (the TypeScript reference server
+    does) may do so while the proxy lists it: the tool is listed again, not refused as unknown."""
+    now = [0.0]
+    inventory = ToolInventory(None, clock=lambda: now[0])
+    fetched = []
+
+    async def fetch():
+        fetched.append(1)
+        if len(fetched) == 1:
+            now[0] += 0.1
+            inventory.invalidate()  # arrives while the upstream is being listed
+        now[0] += 0.1
+        return [{"name": "create_a_missive_post", "inputSchema": {"type": "object"}}]
+
+    inventory._fetch = fetch
+    e = enforcer(SUPPORT, inventory=inventory)
+    assert (await e.client_message(Channel("streamable_http", SUPPORT), call("create_a_missive_post"))).allow
+    assert fetched == [1, 1]
+
+
 PARAM_SCHEMA = {"type": "object", "properties": {"mailbox": {"type": "string", "x-mcp-header": "Mailbox"}}}
 MODERN_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                "io.modelcontextprotocol/clientCapabilities": {}}
