@@ -41,6 +41,7 @@ from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, StreamableHTTPServ
 from mcp.server.transport_security import RequestBodyLimitMiddleware
 from starlette.types import Message, Receive, Scope, Send
 
+from ..transport.replay import replaying
 from .child import Child
 from .health import Health, Refused
 from .pump import pump
@@ -155,7 +156,7 @@ class BridgeApp:
         established = False
         try:
             await self._group.start(self._session, transport, child)
-            status = await _answered(transport, scope, _replay(body, receive), send)
+            status = await _answered(transport, scope, replaying(body, receive), send)
             established = status is not None and status < 400
         finally:
             if not established:  # no session came of it (refused, failed, or its client went away)
@@ -222,19 +223,6 @@ async def _body(receive: Receive) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 async def _answered(transport: StreamableHTTPServerTransport, scope: Scope, receive: Receive, send: Send

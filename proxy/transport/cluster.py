@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from ..config import Upstream
 from ..observe.metrics_merge import merge
@@ -40,6 +40,7 @@ from . import answers
 from .intake import read_body
 from .paths import route
 from .relay import JSON_HEADER, BodyResponse
+from .replay import replaying
 from .upstream import UpstreamClient, UpstreamError
 
 if TYPE_CHECKING:
@@ -245,7 +246,7 @@ class ClusterApp:
         # other (the relayed Host back in its place), never relayed again.
         headers = [(b"host", v) if n == _CLIENT_HOST_RAW else (n, v) for n, v in scope["headers"]
                    if n not in (b"host", _SIBLING_RAW)]
-        await self.app({**scope, "headers": headers}, _replay(body, receive), send)
+        await self.app({**scope, "headers": headers}, replaying(body, receive), send)
 
     # --- metrics ---
     def own_metrics(self) -> bytes:
@@ -279,15 +280,3 @@ async def _answer(response: BodyResponse, scope: Any, receive: Receive, send: Se
     await response(scope, receive, send)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """The body already read (to check its signature), then whatever the connection says next."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
