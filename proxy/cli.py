@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__
 from .config import BUNDLED_POLICIES, BUNDLED_REF, Config, ConfigError, Policy, load
+from .observe.decision_log import DecisionLogError
 from .policy.loader import PolicyLoadError
 
 log = logging.getLogger("mcp_policy_proxy")
@@ -136,6 +137,10 @@ def serve(config: Config, log_level: str, access_log: bool = False,
         app = create_app(config, reload_config=reload_config)
     except PolicyLoadError as exc:
         print(f"mcp-policy-proxy: {config.source}: policy: {exc}", file=sys.stderr)
+        return 2
+    except DecisionLogError as exc:
+        print(f"mcp-policy-proxy: {config.source}: decision_log.sink: {exc}; create its directory or name "
+              "another file", file=sys.stderr)
         return 2
     # SIGTERM: drain (streams end, requests in flight finish within limits.shutdown_grace_s), exit 0.
     started = serve_http(app, config, app.drain, app.metrics.limit_rejected, log_level=log_level,

@@ -56,6 +56,10 @@ def encodable(value: Any, depth: int = 0) -> Any:
     return repr(value)
 
 
+class DecisionLogError(Exception):
+    """The decision log's sink cannot be used (its file cannot be opened)."""
+
+
 class DecisionLog:
     """Each decision once serialized (OPA's event shape), then written to the sink and handed to
     the shipper. `sink`: `stdout` (a log line: docs/logging.md), `file:PATH` (OPA events, one a
@@ -68,7 +72,10 @@ class DecisionLog:
         if sink == "stdout":
             self._stream = sys.stdout.buffer
         elif sink.startswith("file:"):
-            self._stream = open(sink[len("file:"):], "ab")  # noqa: SIM115  (closed in close())
+            try:
+                self._stream = open(sink[len("file:"):], "ab")  # noqa: SIM115  (closed in close())
+            except OSError as exc:
+                raise DecisionLogError(f"cannot open {sink[len('file:'):]} for appending ({exc.strerror})") from None
         self._owns_stream = sink.startswith("file:")
         self._envelope = sink == "stdout"  # stdout lines are log lines: they carry the log fields too
         self._text = self._envelope and (line_format or logging_setup.current_format()) == "text"

@@ -39,6 +39,16 @@ def test_serve_without_upstream_names_the_key(capsys, monkeypatch):
     assert "upstream.url: is required" in capsys.readouterr().err
 
 
+def test_serve_with_a_decision_log_file_it_cannot_open_names_the_key(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"upstream: {{url: 'http://127.0.0.1:3000/mcp'}}\n"
+                      f"decision_log: {{sink: 'file:{tmp_path}/missing/decisions.log'}}\n")
+    assert main(["serve", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: decision_log.sink: cannot open {tmp_path}/missing/decisions.log" in err
+    assert "Traceback" not in err
+
+
 def test_config_file_from_environment(tmp_path, capsys, monkeypatch):
     bad = tmp_path / "env.yaml"
     bad.write_text("upstream: {url: 'http://127.0.0.1:3000/mcp'}\nlisten: {port: 99999}\n")
