@@ -148,7 +148,9 @@ async def test_a_legacy_sse_charset_cannot_make_a_python_client_read_an_undecide
 
     upstream.send = send
     config = SimpleNamespace(upstream=SimpleNamespace(sse_url="http://upstream/sse", timeout_s=5), limits=Limits())
-    ctx = SimpleNamespace(config=config, upstream=upstream, pipeline=_enforcer(), legacy_sessions={},
+    route = SimpleNamespace(config=config.upstream, client=upstream)  # what Upstreams.route gives (upstreams.py)
+    ctx = SimpleNamespace(config=config, upstreams=SimpleNamespace(route=lambda server: route),
+                          pipeline=_enforcer(), legacy_sessions={},
                           revocation=lambda name: _asyncio.Event(), admission=Admission(Limits()),
                           draining=_asyncio.Event(), sessions=SessionBinder(b"k" * 32))
     request = _post_request(b"")
