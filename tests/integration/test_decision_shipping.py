@@ -21,7 +21,7 @@ import pytest
 
 from tests.integration.proxy_harness import Proxy, start_proxy
 from tests.peers.clients import sdk_client
-from tests.peers.harness import free_port
+from tests.peers.harness import free_port, soon
 
 SECRET = "Bearer shipping-credential-7f3a9c"  # the service's Authorization header: never logged
 
@@ -84,13 +84,8 @@ class Receiver:
         await asyncio.gather(*self._connections, return_exceptions=True)
 
 
-async def until(check: Any, timeout: float = 8.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
+async def until(check: Any) -> bool:
+    return await soon(check, timeout=8.0)
 
 
 @pytest.fixture

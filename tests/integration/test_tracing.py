@@ -29,7 +29,7 @@ from proxy.auth.tokens import url_token_hmac
 from tests.integration.proxy_harness import Proxy, merge, start_proxy
 from tests.leakcheck import leaked, secret
 from tests.peers.clients import sdk_client, sse_client
-from tests.peers.harness import free_port
+from tests.peers.harness import free_port, soon
 
 SERVER, INTERNAL, CLIENT = 2, 1, 3  # OTLP span kinds
 COLLECTOR_AUTH = secret("Bearer collector-credential-" + "9c1f5e7a2b4d6f80")
@@ -98,12 +98,7 @@ class Collector:
         return [s for s in self.spans if s["parent"] == span["span_id"] and name in (None, s["name"])]
 
     async def until(self, check: Any, timeout: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while not check():
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
+        return await soon(check, timeout)
 
 
 @pytest.fixture

@@ -183,6 +183,16 @@ def start_ts_everything(transport: str, workdir: Path) -> tuple[int, ServerHandl
     return port, handle
 
 
+async def soon(check: Any, timeout: float = 5.0, interval: float = 0.05) -> bool:
+    """Poll the plain predicate `check` until it is true (True) or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(interval)
+    return True
+
+
 async def eventually(check: Any, timeout: float = 5.0, interval: float = 0.1) -> bool:
     """Poll the async predicate `check` until it is true (True) or `timeout` passes (False)."""
     deadline = time.monotonic() + timeout
