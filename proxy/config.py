@@ -179,6 +179,7 @@ class Policy:
     query: str = "data.mcp.authz.decision"
     mode: str = "enforce"
     reload_interval_s: float = 1.0  # how often policy files are checked for changes; 0: on SIGHUP only
+    decision_cache_size: int = 4096  # embedded engine: decisions memoized per policy version; 0: none
     opa: OpaSettings = OpaSettings()
 
 
@@ -801,7 +802,11 @@ def parse(data: Any, source: str) -> Config:
     reload_interval_s = pol.get("reload_interval_s", float, 1.0)
     if reload_interval_s < 0:
         raise pol.err("reload_interval_s", "must be 0 (SIGHUP only) or more")
+    decision_cache_size = pol.get("decision_cache_size", int, Policy.decision_cache_size)
+    if decision_cache_size < 0:
+        raise pol.err("decision_cache_size", "must be 0 (no memo) or more")
     policy = Policy(engine=engine, paths=paths, reload_interval_s=reload_interval_s,
+                    decision_cache_size=decision_cache_size,
                     query=pol.get("query", str, Policy.query), mode=mode, opa=opa_settings)
     pol.done()
 

@@ -7,15 +7,17 @@ counted per request goes to lock-free series (series.py); the rest are prometheu
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .. import __version__
 from ..config import Server
+from ..policy import memo
 from .series import Series
 
 EVAL_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
@@ -99,6 +101,18 @@ _CURRENT: ContextVar[RequestRecord] = ContextVar("mcp_proxy_request")
 _NOWHERE = RequestRecord("none")  # what parts driven outside a request note: never counted
 
 
+class _DecisionMemoCollector:
+    """The decision memo's hits and misses (proxy/policy/memo.py), read when scraped."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("mcp_proxy_policy_decision_cache_lookups",
+                                     "Embedded-engine decisions looked up in the exact memo, by result",
+                                     labels=["result"])
+        family.add_metric(["hit"], memo.STATS.hits)
+        family.add_metric(["miss"], memo.STATS.misses)
+        yield family
+
+
 def current() -> RequestRecord:
     return _CURRENT.get(_NOWHERE)
 
@@ -138,6 +152,7 @@ class Metrics:
                                               "OAuth grant to the upstream, by reason", ["reason"], registry=r)
         self._request_metrics(r, hot)
         self._rate_limit_metrics(r)
+        r.register(_DecisionMemoCollector())
         # Series of known labels exist from the start at 0, so rate() and increase() see their first
         # increment (a series born at 1 looks like no change).
         for result in ("success", "failure"):

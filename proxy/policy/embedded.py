@@ -3,13 +3,15 @@
 Policies are compiled once per version to regorus' VM (RVM) program for the decision query, and
 evaluated there: about five times faster than its tree-walking interpreter on the default policy
 (benchmarks/README.md). The input crosses as one JSON string (orjson), which is also cheaper than
-converting a Python dict. One engine per worker, used only on the event-loop thread (regorus
-objects are tied to the thread that made them); an evaluation holds the GIL for its tens of µs,
-cheaper than any hand-off to another thread.
+converting a Python dict. A decision this version already made for the same input comes from an
+exact memo (proxy/policy/memo.py) instead. One engine per worker, used only on the event-loop
+thread (regorus objects are tied to the thread that made them); an evaluation holds the GIL for its
+tens of µs, cheaper than any hand-off to another thread.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -21,6 +23,9 @@ import regorus
 
 from .engine import SMOKE_INPUT, PolicyError, to_decision
 from .loader import PolicyBundle, PolicyLoadError
+from .memo import MAX_ENTRIES, DecisionMemo, impure_builtin
+
+log = logging.getLogger("mcp_policy_proxy.policy")
 
 
 def _first_line(exc: Exception) -> str:
@@ -30,8 +35,9 @@ def _first_line(exc: Exception) -> str:
 class EmbeddedEngine:
     name = "embedded"
 
-    def __init__(self, bundle: PolicyBundle, query: str) -> None:
-        """Compile `bundle` and check that `query` decides a smoke input; PolicyLoadError if not."""
+    def __init__(self, bundle: PolicyBundle, query: str, memo_size: int = MAX_ENTRIES) -> None:
+        """Compile `bundle` and check that `query` decides a smoke input; PolicyLoadError if not.
+        `memo_size`: decisions memoized for this version (proxy/policy/memo.py); 0: none."""
         # The interpreter parses module by module, so its errors name the file and line.
         checker = regorus.Engine()
         for path, source in bundle.modules:
@@ -48,14 +54,32 @@ class EmbeddedEngine:
         except RuntimeError as exc:
             raise PolicyLoadError(f"{query}: {_first_line(exc)}") from None
         self.revision = bundle.revision
+        self.memo: DecisionMemo | None = None
+        if memo_size > 0:
+            if impure := impure_builtin(bundle.modules):
+                log.info("policy %s: no decision memo, its decisions read more than the input (%s)",
+                         bundle.revision, impure)
+            else:
+                self.memo = DecisionMemo(memo_size)
         try:
-            to_decision(self._run(SMOKE_INPUT))
+            to_decision(orjson.loads(self._execute(orjson.dumps(SMOKE_INPUT))))
         except (RuntimeError, PolicyError) as exc:
             raise PolicyLoadError(f"{query}: {_first_line(exc)}") from None
 
     def _run(self, input: dict[str, Any]) -> Any:
-        self._vm.set_input_json(orjson.dumps(input).decode())
-        return orjson.loads(self._vm.execute())
+        encoded = orjson.dumps(input)
+        memo = self.memo
+        if memo is None:
+            return orjson.loads(self._execute(encoded))
+        if (known := memo.get(encoded)) is not None:
+            return orjson.loads(known)  # a fresh object each time: nobody can change the memo's
+        raw = self._execute(encoded)
+        memo.put(encoded, raw)
+        return orjson.loads(raw)
+
+    def _execute(self, encoded: bytes) -> str:
+        self._vm.set_input_json(encoded.decode())
+        return self._vm.execute()
 
     async def evaluate(self, input: dict[str, Any]) -> Any:
         try:
@@ -64,9 +88,9 @@ class EmbeddedEngine:
             raise PolicyError(_first_line(exc)) from None
 
     async def probe(self) -> None:
-        """One evaluation of the smoke input (tens of µs): nothing to cache."""
+        """One evaluation of the smoke input (tens of µs), past the memo: the VM itself answers."""
         try:
-            to_decision(self._run(SMOKE_INPUT))
+            to_decision(orjson.loads(self._execute(orjson.dumps(SMOKE_INPUT))))
         except PolicyError:
             raise
         except Exception as exc:

@@ -53,7 +53,7 @@ def build_policy_set(config: Policy, in_force: PolicyEngine | None = None) -> Po
         engine = in_force if isinstance(in_force, OpaEngine) else OpaEngine(config.opa.url, config.query,
                                                                           config.opa.timeout_ms)
     else:
-        engine = EmbeddedEngine(bundle, config.query)
+        engine = EmbeddedEngine(bundle, config.query, config.decision_cache_size)
     try:
         catalog = Catalog(bundle.data.get("catalog"))
     except CatalogError as exc:

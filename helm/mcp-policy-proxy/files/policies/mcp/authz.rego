@@ -102,6 +102,7 @@ has_message if is_object(input.message)
 deny contains sprintf("server %s expired at %s", [server_name, input.server.expires_at]) if expired
 
 expired if {
+	expiry_set # first: the RFC 3339 checks are regexes, not worth running without an expiry
 	expiry_checkable
 	time.parse_rfc3339_ns(input.time) >= time.parse_rfc3339_ns(input.server.expires_at)
 }
