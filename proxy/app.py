@@ -46,6 +46,7 @@ from .transport.admission import Admission
 from .transport.context import ProxyContext
 from .transport.intake import error_response, header_fault
 from .transport.paths import route
+from .transport.request import McpRequest
 from .transport.tool_listing import UpstreamToolLister
 from .transport.upstream import UpstreamClient
 from .transport.upstreams import Upstreams
@@ -282,7 +283,7 @@ class ProxyApp:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, kind: str, url_token: str | None,
                      record: RequestRecord) -> None:
-        request = Request(scope, receive)
+        request = McpRequest(scope, receive)
         try:
             response = await self.serve_mcp(request, kind, url_token)
         except ClientDisconnect:  # gone before its request was read whole (or was too slow: a 408)
@@ -363,7 +364,7 @@ def jwt_verifier(config: Config) -> TokenVerifier | None:
     assert audience is not None  # config validation requires one
     return JWTVerifier(issuer=jwt.issuer, audience=audience, jwks_url=jwt.jwks_url, algorithms=list(jwt.algorithms),
                        leeway_s=jwt.leeway_s, jwks_cache_s=jwt.jwks_cache_s,
-                       min_refetch_interval_s=jwt.min_refetch_interval_s)
+                       min_refetch_interval_s=jwt.min_refetch_interval_s, verified_cache_size=jwt.verified_cache_size)
 
 
 def tool_inventory(upstream: Upstream, limits: Limits, client: UpstreamClient) -> ToolInventory:

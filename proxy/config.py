@@ -192,6 +192,7 @@ class Jwt:
     leeway_s: float = 30.0
     jwks_cache_s: float = 300.0  # how long fetched keys are used before the JWKS is fetched again
     min_refetch_interval_s: float = 10.0  # an unknown kid refetches at most this often
+    verified_cache_size: int = 4096  # verified tokens remembered (LRU) to skip the signature check; 0: none
 
 
 @dataclass(frozen=True)
@@ -827,9 +828,13 @@ def parse(data: Any, source: str) -> Config:
         if bad:
             raise jw.err("algorithms", f"{bad[0]} is not allowed (tokens are verified with public keys)")
         assert jwks_url is not None
+        verified_cache_size = jw.get("verified_cache_size", int, Jwt.verified_cache_size)
+        if not 0 <= verified_cache_size <= 1_000_000:
+            raise jw.err("verified_cache_size", "must be between 0 (no cache) and 1000000")
         jwt = Jwt(issuer=issuer, jwks_url=jwks_url, audience=jw.get("audience", str), algorithms=algorithms,
                   leeway_s=jw.get("leeway_s", float, 30.0), jwks_cache_s=jw.positive("jwks_cache_s", float, 300.0),
-                  min_refetch_interval_s=jw.get("min_refetch_interval_s", float, 10.0))
+                  min_refetch_interval_s=jw.get("min_refetch_interval_s", float, 10.0),
+                  verified_cache_size=verified_cache_size)
         jw.done()
     else:
         au.used.add("jwt")

@@ -14,6 +14,16 @@ it holds while one background fetch renews it. An unknown `kid` waits for a refe
 request. A failed fetch keeps the keys already held; `jwks_unavailable` is raised only when no key
 fits and the last fetch failed.
 
+Tokens that verified are remembered (`verified_cache_size` of them, least recently used evicted; 0:
+none), so an agent's bearer token, sent on every request, costs one signature check. An entry is
+keyed by a keyed digest of the token and holds neither the token nor its claims: a hit re-checks
+`iat`/`nbf`/`exp` against the wall clock exactly as pyjwt does (the clock may step back), asks the
+key set for the token's key again (the same lookup and background renewal a full check does) and
+requires the very key object that verified it, then decodes the payload afresh, so the caller gets
+the claims a full check would return, in a dict of its own. Anything else (a time check failing, the
+key gone or replaced) is a full check. A fetch that changes the key set empties the cache; a fetch
+answering the same set keeps the key objects, and so the entries. Failures are never remembered.
+
 Errors are `TokenError(reason)`: `reason` is a short word for metrics and logs, the message a fixed
 sentence. Neither ever holds the token or any part of it (not even its `kid` or `alg`), and pyjwt's
 exceptions are not chained.
@@ -23,12 +33,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
+import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +50,7 @@ import aiohttp
 import jwt
 from jwt import PyJWK
 from jwt import exceptions as jwt_errors
+from jwt.utils import base64url_decode
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +95,35 @@ class _KeySet:
 
     def __len__(self) -> int:
         return sum(len(keys) for keys in self.by_alg.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token that verified: what re-checking it takes (never the token, never its claims)."""
+
+    kid: str | None
+    alg: str
+    key: PyJWK  # the key object that verified it: any other (a rotation) means a full check
+    iat: int | None  # int() of the claims, as pyjwt compares them
+    nbf: int | None
+    exp: int
+
+    def current(self, now: float, leeway: float) -> bool:
+        """pyjwt's time checks (api_jwt._validate_iat/_nbf/_exp), same expressions."""
+        return ((self.iat is None or not self.iat > (now + leeway))
+                and (self.nbf is None or not self.nbf > (now + leeway))
+                and not self.exp <= (now - leeway))
+
+
+def _wall_clock() -> float:
+    """Now, read the way pyjwt reads it for `exp`/`nbf`/`iat`."""
+    return datetime.now(tz=UTC).timestamp()
+
+
+def _payload(token: str) -> dict[str, Any]:
+    """The claims of a token that verified, decoded the way pyjwt decodes them."""
+    claims: dict[str, Any] = json.loads(base64url_decode(token.split(".")[1].encode()))
+    return claims
 
 
 def _fits(jwk_data: Mapping[str, Any], alg: str) -> bool:
@@ -130,14 +174,14 @@ def parse_jwks(document: Any, algorithms: Sequence[str]) -> _KeySet:
 class JWTVerifier:
     """Verifies bearer JWTs; one per process (it owns an aiohttp session and the key cache).
 
-    `clock` (monotonic seconds) times the cache and the refetch rate limit only; token times are
-    checked against the wall clock.
+    `clock` (monotonic seconds) times the key cache and the refetch rate limit only; token times are
+    checked against the wall clock. `verified_cache_size`: how many verified tokens are remembered.
     """
 
     def __init__(self, *, issuer: str, audience: str, jwks_url: str,
                  algorithms: Sequence[str] = ("RS256", "ES256"), leeway_s: float = 30,
                  jwks_cache_s: float = 300, min_refetch_interval_s: float = 10, timeout_s: float = 5,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 verified_cache_size: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
         if not issuer or not isinstance(issuer, str):
             raise ValueError("issuer is required")
         if not audience or not isinstance(audience, str):
@@ -157,6 +201,8 @@ class JWTVerifier:
                             ("min_refetch_interval_s", min_refetch_interval_s), ("timeout_s", timeout_s)):
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number")
+        if isinstance(verified_cache_size, bool) or not isinstance(verified_cache_size, int) or verified_cache_size < 0:
+            raise ValueError("verified_cache_size must be a non-negative integer")
         self.issuer, self.audience, self.jwks_url = issuer, audience, jwks_url
         self.algorithms: tuple[str, ...] = tuple(dict.fromkeys(algorithms))
         self.leeway_s, self.jwks_cache_s = float(leeway_s), float(jwks_cache_s)
@@ -166,6 +212,10 @@ class JWTVerifier:
                                        "verify_nbf": True, "verify_iat": True, "verify_aud": True,
                                        "verify_iss": True, "strict_aud": False})
         self._keys: _KeySet | None = None
+        self._keys_digest = b""  # of the JWKS `keys` list the key set was parsed from
+        self.verified_cache_size = verified_cache_size
+        self._verified: OrderedDict[bytes, _Verified] = OrderedDict()  # digest → entry, oldest use first
+        self._digest_key = os.urandom(32)  # the cache's keys mean nothing outside this process
         self._fetched_at = -math.inf  # clock() of the last successful fetch
         self._last_attempt = -math.inf  # clock() of the last fetch started
         self._last_ok = False
@@ -175,9 +225,27 @@ class JWTVerifier:
     # ---- verification ----
 
     async def verify(self, token: str) -> dict[str, Any]:
-        """The token's claims, or TokenError."""
+        """The token's claims (a dict of the caller's own), or TokenError."""
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS or token.count(".") != 2:
             raise TokenError("malformed")
+        if not self.verified_cache_size:
+            return (await self._verify_fully(token))[0]
+        digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=32,
+                                 key=self._digest_key).digest()
+        entry = self._verified.get(digest)
+        if entry is not None:
+            if entry.current(_wall_clock(), self.leeway_s) and await self._key_for(entry.kid, entry.alg) is entry.key:
+                if digest in self._verified:  # (a fetch during the lookup may have emptied the cache)
+                    self._verified.move_to_end(digest)
+                return _payload(token)
+            self._verified.pop(digest, None)
+        claims, entry = await self._verify_fully(token)
+        self._verified[digest] = entry
+        if len(self._verified) > self.verified_cache_size:
+            self._verified.popitem(last=False)
+        return claims
+
+    async def _verify_fully(self, token: str) -> tuple[dict[str, Any], _Verified]:
         try:
             header = jwt.get_unverified_header(token)
         except (jwt_errors.PyJWTError, ValueError, TypeError):
@@ -197,7 +265,9 @@ class JWTVerifier:
             value = claims.get(name)
             if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise TokenError("malformed")
-        return claims
+        iat, nbf = claims.get("iat"), claims.get("nbf")  # finite: pyjwt's int() of them succeeded
+        return claims, _Verified(kid, alg, key, None if iat is None else int(iat), None if nbf is None else int(nbf),
+                                 int(claims["exp"]))
 
     async def _key_for(self, kid: str | None, alg: str) -> PyJWK:
         if self._keys is None:
@@ -261,6 +331,7 @@ class JWTVerifier:
         try:
             document = await self._get_json()
             keys = parse_jwks(document, self.algorithms)
+            digest = hashlib.sha256(json.dumps(document["keys"], sort_keys=True).encode()).digest()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure keeps the keys held
@@ -271,7 +342,10 @@ class JWTVerifier:
             return
         if not len(keys):
             log.warning("JWKS at %s holds no key usable for %s", self.jwks_url, ", ".join(self.algorithms))
-        self._keys, self._fetched_at, self._last_ok = keys, self._clock(), True
+        if self._keys is None or digest != self._keys_digest:
+            self._keys, self._keys_digest = keys, digest
+            self._verified.clear()  # a rotation: every token is checked against the new set
+        self._fetched_at, self._last_ok = self._clock(), True
 
     async def _get_json(self) -> Any:
         if self._session is None or self._session.closed:

@@ -16,6 +16,24 @@ LAST_EVENT_ID = "last-event-id"
 
 META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
 
+class RequestHeaders:
+    """A request's header fields decoded once (latin-1, names lowercase as ASGI servers give them):
+    every pair in order, and each name's first value. Starlette's Headers decodes and scans the
+    whole list again at every look-up."""
+
+    __slots__ = ("_first", "_items")
+
+    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
+        self._items = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
+        self._first = dict(reversed(self._items))  # reversed: the first of repeated names wins
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._first.get(name, default)
+
+    def items(self) -> list[tuple[str, str]]:
+        return self._items
+
+
 # Methods whose target is mirrored in `Mcp-Name` (revision 2026-07-28), and the param holding it.
 NAME_PARAMS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 
