@@ -17,6 +17,7 @@ import argparse
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,7 @@ def _total(dump: Path) -> int:
     raise RuntimeError(f"no totals in {dump}")
 
 
-def measure(requests: int, warmup: int, proxy_cmd: str) -> dict:
+def measure(requests: int, warmup: int, proxy_cmd: str, keep: Path | None = None) -> dict:
     servers = Servers()
     out_dir = Path(tempfile.mkdtemp(prefix="callgrind-"))
     try:
@@ -56,6 +57,8 @@ def measure(requests: int, warmup: int, proxy_cmd: str) -> dict:
         if not dumps:
             raise RuntimeError(f"callgrind wrote no dump in {out_dir}")
         total = _total(dumps[-1])
+        if keep is not None:
+            shutil.copy(dumps[-1], keep)
         return {"requests": requests, "instructions_per_request": round(total / requests)}
     finally:
         servers.stop()
@@ -66,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--proxy-cmd", default=DEFAULT_PROXY_CMD)
+    parser.add_argument("--keep", type=Path, help="copy the callgrind dump here (for callgrind_annotate)")
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.requests, args.warmup, args.proxy_cmd)))
+    print(json.dumps(measure(args.requests, args.warmup, args.proxy_cmd, args.keep)))
     return 0
 
 

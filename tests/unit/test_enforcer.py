@@ -437,3 +437,25 @@ async def test_a_tool_error_carries_result_type_in_the_revision_the_request_trav
     assert _argument_error(await e.client_message(legacy, old))["resultType"] == "complete"
     streamable = Channel("streamable_http", SUPPORT, protocol_version="2025-11-25")
     assert "resultType" not in _argument_error(await e.client_message(streamable, old))
+
+
+async def test_a_memoized_decision_is_still_logged_and_counted_as_its_own():
+    """The decision memo skips the evaluation only: every decision keeps its entry, id and count,
+    and a second later (the time is in the input) the policy is asked again."""
+    from proxy.policy import memo
+
+    log, now = Recorder(), [1_800_000_000.0]
+    e = Enforcer(build_policy_set(Policy()), (READ,), log, clock=lambda: now[0], inventory=declared())
+    ch = Channel("streamable_http", READ)
+    hits, misses = memo.STATS.hits, memo.STATS.misses
+    for _ in range(3):
+        assert (await e.client_message(ch, call("list_all_missive_conversations", {"inbox": True}))).allow
+    assert (memo.STATS.hits - hits, memo.STATS.misses - misses) == (2, 1)
+    now[0] += 1
+    assert (await e.client_message(ch, call("list_all_missive_conversations", {"inbox": True}))).allow
+    assert memo.STATS.misses - misses == 2
+    assert len({entry["decision_id"] for entry in log.entries}) == 4
+    assert [entry["result"] for entry in log.entries] == [log.entries[0]["result"]] * 4
+    assert log.entries[2]["result"] is not log.entries[1]["result"]  # each its own object
+    assert 'mcp_proxy_policy_decisions_total{mode="enforce",outcome="allow",server="ro"} 4.0' in \
+        e.metrics.render().decode()
