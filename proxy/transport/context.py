@@ -3,7 +3,6 @@ stream admission, and what ends streams (revocation, the drain at shutdown)."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -15,6 +14,7 @@ from ..auth.sessions import SessionBinder
 from ..config import Config
 from ..enforce.pipeline import Pipeline
 from .admission import Admission
+from .endings import Ending
 from .upstream import UpstreamClient
 from .upstreams import Upstreams
 
@@ -31,27 +31,27 @@ class ProxyContext:
     admission: Admission
     legacy_sessions: dict[str, LegacySession] = field(default_factory=dict)
     # Per server: set when a config reload revokes it, ending its open streams.
-    revocations: dict[str, asyncio.Event] = field(default_factory=dict)
+    revocations: dict[str, Ending] = field(default_factory=dict)
     # Set when the worker begins to shut down: new requests are refused, long-lived streams end.
-    draining: asyncio.Event = field(default_factory=asyncio.Event)
+    draining: Ending = field(default_factory=Ending)
     # Per server: set on revocation or at the drain, ending its GET streams. (A POST's stream ends
     # by itself once answered, so the drain lets it finish; a legacy session ends at the drain once
     # its requests are answered.)
-    stream_ends: dict[str, asyncio.Event] = field(default_factory=dict)
+    stream_ends: dict[str, Ending] = field(default_factory=dict)
 
     @property
     def upstream(self) -> UpstreamClient:
         """The top-level upstream's client (servers without servers[].upstream use it)."""
         return self.upstreams.default.client
 
-    def revocation(self, server: str) -> asyncio.Event:
-        return self.revocations.setdefault(server, asyncio.Event())
+    def revocation(self, server: str) -> Ending:
+        return self.revocations.setdefault(server, Ending())
 
-    def stream_end(self, server: str) -> asyncio.Event:
+    def stream_end(self, server: str) -> Ending:
         """What ends a server's long-lived stream: revocation, or the drain (already begun: set)."""
         if self.draining.is_set():
             return self.draining
-        return self.stream_ends.setdefault(server, asyncio.Event())
+        return self.stream_ends.setdefault(server, Ending())
 
     def revoke(self, server: str) -> None:
         for events in (self.revocations, self.stream_ends):

@@ -39,7 +39,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from ..config import Config, Limits
 from ..protocol import jsonrpc
 from . import answers
-from .streams import CLIENT_GONE, EXCHANGE_TASK
+from .endings import CLIENT_GONE, EXCHANGE_TASK, WATCHED
 
 log = logging.getLogger("mcp_policy_proxy.http")
 
@@ -152,6 +152,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._disarm()
         super().on_headers_complete()
+        if self.cycle is not None:  # connection_lost tells this request's exchange that the client left
+            scope: dict[str, Any] = self.cycle.scope  # type: ignore[assignment]
+            scope[WATCHED] = True
 
     def on_message_complete(self) -> None:
         self._phase = _IDLE

@@ -9,7 +9,6 @@ relayed undecided. Events without data (priming events, pings) go out byte for b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +21,7 @@ from ..protocol import jsonrpc
 from ..protocol.headers import client_response_headers
 from ..protocol.jsonrpc import Kind
 from ..protocol.sse import BOM, Event, SSEDecoder, SSEError, encode_event
+from .endings import CLIENT_GONE, EXCHANGE_TASK, WATCHED, Ending
 from .upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger("mcp_policy_proxy.relay")
@@ -51,17 +51,21 @@ class StreamResponse:
     """Streams chunks as they come. A client disconnect cancels the source (closing the upstream);
     so do `end_at` (epoch seconds: when the server or the credential expires) and `ended` (set
     when a config reload revokes the server), which end the stream cleanly for the client.
-    `on_end` is called once the stream has ended, however it ended (its stream slot is released)."""
+    `on_end` is called once the stream has ended, however it ended (its stream slot is released).
+
+    One task pumps the chunks; the deadline is a timer and `ended` a callback (endings.py), and the
+    client leaving cancels the waiting request task (or, under another server, a watcher notices)."""
 
     __slots__ = ("chunks", "end_at", "ended", "headers", "on_end", "status")
 
     def __init__(self, status: int, headers: RawHeaders, chunks: AsyncIterator[bytes]) -> None:
         self.status, self.headers, self.chunks = status, headers, chunks
         self.end_at: float | None = None
-        self.ended: asyncio.Event | None = None
+        self.ended: Ending | None = None
         self.on_end: Callable[[], None] | None = None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        loop = asyncio.get_running_loop()
         started = False
 
         async def pump() -> None:
@@ -72,36 +76,57 @@ class StreamResponse:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
 
-        async def disconnected() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+        pumping = loop.create_task(pump())
+        stop: asyncio.Future[str] = loop.create_future()  # why the stream stops: "done", "ended", "gone"
 
-        async def deadline() -> None:
-            end_at = self.end_at
-            timeout = None if end_at is None else max(0.0, end_at - time.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for((self.ended or asyncio.Event()).wait(), timeout)
+        def stop_as(reason: str) -> Callable[..., None]:
+            def stop_now(*_: object) -> None:
+                if not stop.done():
+                    stop.set_result(reason)
+            return stop_now
 
-        tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(disconnected()),
-                 asyncio.ensure_future(deadline())]
-        first: set[asyncio.Future[None]] = set()
+        done, ended = stop_as("done"), stop_as("ended")
+        pumping.add_done_callback(done)
+        timer = None if self.end_at is None else loop.call_later(max(0.0, self.end_at - time.time()), ended)
+        if self.ended is not None:
+            self.ended.call_when_set(ended)
+        watcher = None if scope.get(WATCHED) else loop.create_task(_watch_disconnect(receive, stop_as("gone")))
+        request_task = asyncio.current_task()
+        scope[EXCHANGE_TASK] = request_task
+        reason = "gone"
         try:
-            first, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            reason = await stop
+        except asyncio.CancelledError:
+            if not scope.get(CLIENT_GONE) or request_task is None:  # not the client leaving: shutdown
+                raise
+            request_task.uncancel()
         finally:
+            scope.pop(EXCHANGE_TASK, None)
+            if timer is not None:
+                timer.cancel()
+            if self.ended is not None:
+                self.ended.forget(ended)
             try:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                for task in (pumping, watcher):
+                    if task is not None:
+                        task.cancel()
+                await asyncio.gather(pumping, *(() if watcher is None else (watcher,)), return_exceptions=True)
                 aclose = getattr(self.chunks, "aclose", None)
                 if aclose is not None:
                     await aclose()
             finally:  # even when this clean-up is itself cancelled
                 if self.on_end is not None:
                     self.on_end()
-        if first == {tasks[2]} and started:
+        if reason == "ended" and started:
             await send({"type": "http.response.body", "body": b""})  # expired or revoked: end cleanly
-        if tasks[0].done() and not tasks[0].cancelled() and (exc := tasks[0].exception()) is not None:
+        if reason == "done" and not pumping.cancelled() and (exc := pumping.exception()) is not None:
             raise exc
+
+
+async def _watch_disconnect(receive: Callable, gone: Callable[[], None]) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone()
 
 
 class RateLimited(UpstreamError):

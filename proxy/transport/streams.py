@@ -21,23 +21,19 @@ from ..observe.metrics import OTHER, STATUS_LABELS, current
 from . import answers
 from .admission import Refusal, Slot
 from .context import ProxyContext
+from .endings import CLIENT_GONE, EXCHANGE_TASK, Ending
 from .relay import BodyResponse, StreamResponse
 from .upstream import UpstreamError
 
 Relayed = BodyResponse | StreamResponse
 
-_ENDED = asyncio.Event()
+_ENDED = Ending()
 _ENDED.set()
-
-# ASGI scope keys shared with the client-facing server (http_server.LimitedHttpProtocol): when the
-# client's connection is lost it sets CLIENT_GONE and cancels the task under EXCHANGE_TASK. No
-# watcher task per request (this is the hot path); under another server nothing is cancelled early.
-EXCHANGE_TASK = "mcp.exchange_task"
-CLIENT_GONE = "mcp.client_gone"
 
 
 async def _unless_gone(exchange: Callable[[], Awaitable[Relayed]], scope: Scope) -> Relayed:
-    """`exchange()`, cancelled if the client leaves before it returns (ClientDisconnect)."""
+    """`exchange()`, cancelled if the client leaves before it returns (ClientDisconnect; no watcher
+    task per request: proxy/transport/endings.py)."""
     if scope.get(CLIENT_GONE):
         raise ClientDisconnect()
     task = asyncio.current_task()
