@@ -1,285 +1,315 @@
-"""Benchmark: direct vs proxied MCP ``tools/call`` over Streamable HTTP (JSON answers).
+"""Benchmark: the proxy beside nginx, on every path, in one run (benchmarks/README.md).
 
-Starts ``fast_upstream.py`` and the proxy on free loopback ports, measures
+Starts ``fast_upstream.py``, nginx (the floor) and one proxy process per configuration
+(scenarios.py), then runs rounds; each round measures every path once (order rotated per round):
 
-1. latency at 1 connection: sequential requests from a Python keep-alive client, direct and
-   proxied in interleaved rounds; the proxy's cost is proxied minus direct (p50 and p99);
-2. throughput and latency at 32 connections with ``wrk`` (pure-Python fallback without it),
+1. at 1 connection, sequential requests (Python clients): p50 and p99, minus the same request sent
+   straight to the upstream by the same client in the same round (the added latency);
+2. at 32 connections (wrk, or the asyncio client): req/s, and the server's own CPU time (its whole
+   process group, from /proc) per request, also as a ratio to nginx's in the same round.
 
-prints a markdown table, writes ``benchmarks/results/latest.json`` and stops everything it started.
-See benchmarks/README.md for the methodology and CPU placement.
+Medians over the rounds (with min and max) go to a markdown table on stdout and to
+``benchmarks/results/latest.json``; targets are printed PASS/FAIL. Everything started is stopped,
+also on error or when the time budget (SIGALRM) runs out.
 
-    python benchmarks/run.py [--quick] [--proxy-cmd TEMPLATE] [--load-generator auto|wrk|python]
-                             [--latency-layout shared|split] [--no-pin] [--check] [--output FILE]
+    python benchmarks/run.py [--quick] [--rounds N] [--paths a,b] [--workloads repeat,vary] [--check] ...
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
+import dataclasses
 import json
-import os
-import platform
 import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from harness import (
+    HERE,
+    RESULTS,
+    ROOT,
+    Budget,
+    Placement,
+    Servers,
+    cpu_busy,
+    cpu_times,
+    free_port,
+    git_state,
+    group_cpu_s,
+    host_info,
+    log,
+    pct,
+    share,
+)
+
+sys.path.append(str(ROOT))  # scenarios.JwtSetup mints the URL token with proxy.auth.tokens
 
 import loadgen
+import nginx
+import report
+import scenarios
+import yaml
+from scenarios import CONNECTIONS, PATHS, PROXIES, PROXY_CMD, WORKLOADS, Row
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS = HERE / "results"
+__all__ = ["CONNECTIONS", "DEFAULT_PROXY_CMD", "HERE", "RESULTS", "Budget", "Servers", "free_port", "git_state",
+           "host_info", "log", "main"]
+
 LUA = HERE / "mcp_call.lua"
+BUDGET_SPENT = threading.Event()  # set by SIGALRM: checked after each measurement
+# soak.py and instructions.py start a proxy without a config file this way.
 DEFAULT_PROXY_CMD = "{python} -m proxy serve --upstream {upstream} --host 127.0.0.1 --port {port}"
-# With the policy pipeline on (the default since the policy issue); the transparent proxy of the
-# foundation issue had 0.4 ms and 3,000 req/s (met: benchmarks/README.md).
-TARGET_ADDED_P50_MS = 0.7
-TARGET_RPS = 2000
-CONNECTIONS = 32
 
-# (requests, warm-up, interleaved rounds, wrk seconds, wrk warm-up seconds, hard budget seconds)
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    rounds: int
+    c1_requests: int  # per path, workload and round
+    c1_warmup: int
+    c32_seconds: int  # wrk takes whole seconds
+    jwt_pool: int  # distinct JWTs the vary workload rotates
+    budget_s: int
+
+
 PROFILES = {
-    "full": (2000, 200, 8, 10, 2, 90),
-    "quick": (500, 100, 4, 3, 1, 30),
+    "full": Profile(rounds=5, c1_requests=300, c1_warmup=30, c32_seconds=2, jwt_pool=512,
+                    budget_s=360),
+    "quick": Profile(rounds=2, c1_requests=150, c1_warmup=20, c32_seconds=1, jwt_pool=64,
+                     budget_s=90),
 }
 
 
-class Budget(Exception):
-    """The run went over its time budget."""
+class Meter:
+    """CPU seconds of the server under test (its process group) and of the upstream between
+    ``start()`` and ``end()``, and the hypervisor's steal share meanwhile."""
+
+    def __init__(self, group: int, upstream: int) -> None:
+        self.group, self.upstream = group, upstream
+        self.cpu_s = self.upstream_cpu_s = self.steal = 0.0
+
+    def start(self) -> None:
+        self._t0 = (group_cpu_s(self.group), group_cpu_s(self.upstream), cpu_times())
+
+    def end(self) -> None:
+        cpu, up, t = group_cpu_s(self.group), group_cpu_s(self.upstream), cpu_times()
+        self.cpu_s, self.upstream_cpu_s, self.steal = cpu - self._t0[0], up - self._t0[1], share(self._t0[2], t, 2)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Bench:
+    """The servers of one run, and how to measure a path on them."""
 
+    def __init__(self, args: argparse.Namespace, placement: Placement, profile: Profile, rows: list[Row],
+                 tmp: Path) -> None:
+        self.args, self.placement, self.profile, self.rows, self.tmp = args, placement, profile, rows, tmp
+        self.servers = Servers()
+        self.ports: dict[str, int] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.tokens: list[str] = []
+        self.counter = scenarios.VARY_START
+        self.steal: dict[str, list[float]] = {"c1": [], "c32": []}
+        self.t0 = time.monotonic()
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with code {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f} s")
+    # ---- servers ----
 
+    def start(self) -> None:
+        targets = {row.target for row in self.rows}
+        wait = self.args.startup_timeout
+        jwt = scenarios.JwtSetup(self.profile.jwt_pool) if "jwt" in targets else None
+        up_port = self.ports["upstream"] = free_port()
+        upstream_argv = [sys.executable, str(HERE / "fast_upstream.py"), "--port", str(up_port)]
+        if jwt is not None:
+            (self.tmp / "jwks.json").write_bytes(jwt.jwks)
+            upstream_argv += ["--jwks", str(self.tmp / "jwks.json")]
+        self.procs["upstream"] = self.servers.spawn("upstream", self.placement.wrap(self.placement.server_cpu,
+                                                                                     upstream_argv))
+        if "nginx" in targets:
+            exe = nginx.binary()
+            if exe is None:
+                raise RuntimeError("nginx is not installed (apt-get install -y nginx-light); leave out the nginx "
+                                   "path with --paths")
+            port = self.ports["nginx"] = free_port()
+            ng_dir = self.tmp / "nginx"
+            ng_dir.mkdir()
+            conf = nginx.write_config(ng_dir, port, up_port)
+            self.procs["nginx"] = self.servers.spawn("nginx", self.placement.wrap(
+                self.placement.server_cpu, nginx.argv(exe, ng_dir, conf)))
+        # Proxies start unpinned (both cores: faster), then move to the server core once listening.
+        for name in (n for n in PROXIES if n in targets):
+            port = self.ports[name] = free_port()
+            settings = jwt.settings() if (jwt and PROXIES[name].jwt) else None
+            config = scenarios.proxy_config(PROXIES[name], port, up_port, decision_log=self.args.decision_log,
+                                            jwt=settings)
+            path = self.tmp / f"proxy-{name}.yaml"
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            argv = shlex.split(self.args.proxy_cmd.format(python=shlex.quote(sys.executable), config=path,
+                                                          port=port, upstream=config["upstream"]["url"]))
+            self.procs[name] = self.servers.spawn(f"proxy-{name}", argv)
+        for name, port in self.ports.items():
+            self.servers.wait(self.log_name(name), port, wait)
+        for name in PROXIES:
+            if name in self.procs:
+                self.placement.move(self.procs[name], self.placement.server_cpu)
+        if jwt is not None:
+            self.tokens = jwt.bearer_tokens(f"http://127.0.0.1:{self.ports['jwt']}")
 
-def pct(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of an ascending list."""
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
+    def log_name(self, target: str) -> str:
+        return target if target in ("upstream", "nginx") else f"proxy-{target}"
 
+    # ---- one measurement ----
 
-class Placement:
-    """CPU pinning: the load generator on one core, the server under test on the other."""
+    def spec(self, row: Row, workload: str) -> loadgen.Spec:
+        self.counter += 1_000_000  # a fresh range of arguments for every measurement (vary)
+        return scenarios.spec(row, workload, self.tokens, self.counter)
 
-    def __init__(self, enabled: bool) -> None:
-        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        if not enabled:
-            self.why = "disabled by --no-pin"
-        elif not shutil.which("taskset"):
-            self.why = "taskset not installed"
-        elif len(cpus) < 2:
-            self.why = f"only {len(cpus)} CPU(s) available"
+    def url(self, row: Row, spec: loadgen.Spec) -> str:
+        return f"http://127.0.0.1:{self.ports[row.target]}{spec.path}"
+
+    def c1(self, row: Row, workload: str, count: int, warmup: int) -> dict[str, Any]:
+        """Sequential requests on one connection (one legacy session): latency percentiles."""
+        spec = self.spec(row, workload)
+        url = self.url(row, spec)
+        if row.client == "wrk":
+            samples = loadgen.sequential_spec(url, spec, count, warmup)
+        elif row.client == "python":
+            samples = loadgen.concurrent_spec(url, spec, 1, warmup + count, 30).latencies_ns[warmup:]
         else:
-            self.why = f"CPU {cpus[0]}: load generator; CPU {cpus[1]}: server under test"
-        self.enabled = self.why.startswith("CPU")
-        self.load_cpu = str(cpus[0]) if self.enabled else ""
-        self.server_cpu = str(cpus[1]) if self.enabled else ""
+            samples = loadgen.legacy_spec(url, spec, 1, warmup + count, 30).latencies_ns[warmup:]
+        ms = sorted(s / 1e6 for s in samples)
+        return {"requests": len(ms), "p50_ms": pct(ms, 50), "p90_ms": pct(ms, 90), "p99_ms": pct(ms, 99),
+                "max_ms": ms[-1], "mean_ms": sum(ms) / len(ms)}
 
-    def wrap(self, cpu: str, argv: list[str]) -> list[str]:
-        return ["taskset", "-c", cpu, *argv] if self.enabled else argv
+    def _py(self, row: Row, url: str, spec: loadgen.Spec, seconds: float, meter: Meter) -> dict[str, Any]:
+        """The asyncio client; the CPU is read once every connection (session) is open, and again
+        before they close, so that it is the requests' alone."""
+        run = loadgen.legacy_spec if row.client == "legacy" else loadgen.concurrent_spec
+        res = run(url, spec, CONNECTIONS, 10**9, seconds, on_start=meter.start, on_end=meter.end)
+        ms = sorted(s / 1e6 for s in res.latencies_ns)
+        return {"requests": res.requests, "seconds": res.seconds, "p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99),
+                "errors": 0}
 
-    def pin_self(self, cpu: str) -> None:
-        if self.enabled:
-            os.sched_setaffinity(0, {int(cpu)})
+    def _wrk(self, url: str, spec: loadgen.Spec, seconds: int, meter: Meter) -> dict[str, Any]:
+        env = {"PATH": "/usr/bin:/bin", "MCP_BODY": spec.body, "MCP_COUNTER_START": str(spec.counter_start)}
+        if spec.tokens:
+            tokens = self.tmp / "bearer-tokens.txt"
+            tokens.write_text("\n".join(spec.tokens) + "\n")
+            env["MCP_TOKENS_FILE"] = str(tokens)
+        argv = self.placement.wrap(self.placement.load_cpu, [
+            "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "5s", "-s", str(LUA), url])
+        meter.start()
+        proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=seconds + 15, env=env)
+        meter.end()
+        match = re.search(r"^WRK_JSON (\{.*\})$", proc.stdout, re.M)
+        if proc.returncode != 0 or not match:
+            raise RuntimeError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raw = json.loads(match.group(1))
+        lat = raw["latency_us"]
+        return {"requests": raw["requests"], "seconds": raw["duration_us"] / 1e6, "p50_ms": lat["p50"] / 1e3,
+                "p99_ms": lat["p99"] / 1e3, "errors": sum(raw["errors"].values()), "error_detail": raw["errors"]}
 
-    def move(self, proc: subprocess.Popen[bytes], cpu: str) -> None:
-        if self.enabled:
-            subprocess.run(
-                ["taskset", "-a", "-p", "-c", cpu, str(proc.pid)],
-                check=True,
-                capture_output=True,
-                timeout=5,
-            )
+    def c32(self, row: Row, workload: str) -> dict[str, Any]:
+        """32 connections (sessions): req/s and the target's CPU per request over the measured run."""
+        spec = self.spec(row, workload)
+        url = self.url(row, spec)
+        meter = Meter(self.procs[row.target].pid, self.procs["upstream"].pid)
+        if row.client == "wrk" and self.args.use_wrk:
+            res = self._wrk(url, spec, self.profile.c32_seconds, meter)
+        else:
+            res = self._py(row, url, spec, self.profile.c32_seconds, meter)
+        n = max(res["requests"], 1)
+        return {**res, "rps": res["requests"] / res["seconds"], "cpu_us_per_request": meter.cpu_s / n * 1e6,
+                "upstream_cpu_us_per_request": meter.upstream_cpu_s / n * 1e6, "cpu_steal": meter.steal}
 
+    # ---- the run ----
 
-class Servers:
-    """Starts processes in their own session, logs to results/*.log.tmp, stops them all."""
+    def probe(self) -> None:
+        """One request of every path and workload must get the right answer before anything is measured."""
+        for row in self.rows:
+            for wl in row.workloads:
+                try:
+                    self.c1(row, wl, 2, 1)
+                except (loadgen.BenchError, OSError) as exc:
+                    raise RuntimeError(f"probe of {row.name} ({wl}) failed: {exc}\n"
+                                       f"{self.servers.log_of(self.log_name(row.target))}") from None
 
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-
-    def start(self, name: str, argv: list[str], port: int, timeout: float) -> subprocess.Popen[bytes]:
-        log = RESULTS / f"{name}.log.tmp"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.procs.append((name, proc, log))
+    @contextlib.contextmanager
+    def context(self, row: Row, workload: str, phase: str) -> Iterator[None]:
+        """Name the path of a failed measurement (with its server's log); stop once the budget is
+        spent, even if its SIGALRM struck inside the asyncio client's loop, which swallows it."""
         try:
-            wait_port(port, proc, timeout)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{name} ({shlex.join(argv)}): {exc}\n{self.tail(log)}") from None
-        return proc
+            yield
+        except (loadgen.BenchError, OSError) as exc:
+            raise RuntimeError(f"{row.name} ({workload}, {phase}): {exc}\n"
+                               f"{self.servers.log_of(self.log_name(row.target))}") from None
+        if BUDGET_SPENT.is_set():
+            raise Budget("benchmark exceeded its time budget")
 
-    @staticmethod
-    def tail(log: Path, lines: int = 20) -> str:
-        text = log.read_text(errors="replace").splitlines()[-lines:]
-        return "\n".join(f"  | {line}" for line in text) or "  | (no output)"
-
-    def log_of(self, name: str) -> str:
-        return next((self.tail(log) for n, _, log in self.procs if n == name), "")
-
-    def stop(self) -> None:
-        for _, proc, _ in reversed(self.procs):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for _, proc, _ in reversed(self.procs):
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-
-
-def summarize_sequential(samples_ns: list[int]) -> dict:
-    ms = sorted(s / 1e6 for s in samples_ns)
-    return {
-        "connections": 1,
-        "requests": len(ms),
-        "p50_ms": pct(ms, 50),
-        "p90_ms": pct(ms, 90),
-        "p99_ms": pct(ms, 99),
-        "max_ms": ms[-1],
-        "mean_ms": sum(ms) / len(ms),
-        "rps": len(ms) / (sum(ms) / 1e3),
-        "errors": 0,
-    }
-
-
-def run_wrk(placement: Placement, url: str, seconds: int) -> dict:
-    argv = placement.wrap(
-        placement.load_cpu,
-        [
-            "wrk",
-            "-t1",
-            f"-c{CONNECTIONS}",
-            f"-d{seconds}s",
-            "--timeout",
-            "5s",
-            "--latency",
-            "-s",
-            str(LUA),
-            url,
-        ],
-    )
-    proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=seconds + 15)
-    match = re.search(r"^WRK_JSON (\{.*\})$", proc.stdout, re.M)
-    if proc.returncode != 0 or not match:
-        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    raw = json.loads(match.group(1))
-    lat = raw["latency_us"]
-    return {
-        "connections": CONNECTIONS,
-        "requests": raw["requests"],
-        "seconds": raw["duration_us"] / 1e6,
-        "p50_ms": lat["p50"] / 1e3,
-        "p90_ms": lat["p90"] / 1e3,
-        "p99_ms": lat["p99"] / 1e3,
-        "max_ms": lat["max"] / 1e3,
-        "mean_ms": lat["mean"] / 1e3,
-        "rps": raw["requests"] / (raw["duration_us"] / 1e6),
-        "errors": sum(raw["errors"].values()),
-        "error_detail": raw["errors"],
-    }
-
-
-def run_python_load(url: str, seconds: int) -> dict:
-    res = loadgen.concurrent(url, CONNECTIONS, max_requests=1_000_000, seconds=seconds)
-    ms = sorted(s / 1e6 for s in res.latencies_ns)
-    return {
-        "connections": CONNECTIONS,
-        "requests": res.requests,
-        "seconds": res.seconds,
-        "p50_ms": pct(ms, 50),
-        "p90_ms": pct(ms, 90),
-        "p99_ms": pct(ms, 99),
-        "max_ms": ms[-1],
-        "mean_ms": sum(ms) / len(ms),
-        "rps": res.requests / res.seconds,
-        "errors": 0,
-    }
-
-
-def fmt(value: float | None, spec: str = ".3f") -> str:
-    return "—" if value is None else format(round(value, 3) + 0.0, spec)  # no "-0.000"
-
-
-def table(results: dict) -> str:
-    sc, added, checks = results["scenarios"], results["added"], results["checks"]
-    rows = [
-        "| Scenario | p50 (ms) | p99 (ms) | req/s | added p50 (ms) | added p99 (ms) | Target | Result |",
-        "|---|---:|---:|---:|---:|---:|---|---|",
-    ]
-    for key, label, add, check in (
-        ("direct_1", "direct, 1 conn", None, None),
-        ("proxied_1", "proxied, 1 conn", "c1", "added_p50"),
-        ("direct_32", f"direct, {CONNECTIONS} conns", None, None),
-        ("proxied_32", f"proxied, {CONNECTIONS} conns", "c32", "throughput"),
-    ):
-        s = sc[key]
-        a = added.get(add, {}) if add else {}
-        c = checks.get(check) if check else None
-        rows.append(
-            f"| {label} | {fmt(s['p50_ms'])} | {fmt(s['p99_ms'])} | {fmt(s['rps'], ',.0f')} "
-            f"| {fmt(a.get('p50_ms'))} | {fmt(a.get('p99_ms'))} "
-            f"| {c['target'] if c else '—'} | {('PASS' if c['pass'] else 'FAIL') if c else '—'} |"
-        )
-    return "\n".join(rows)
+    def rounds(self) -> report.Rounds:
+        units = [(row, wl) for row in self.rows for wl in row.workloads]
+        data: report.Rounds = {(row.name, wl): {"c1": [], "c32": []} for row, wl in units}
+        p, pl = self.profile, self.placement
+        step = max(1, len(units) // max(1, p.rounds))
+        for r in range(p.rounds):
+            order = units[r * step % len(units):] + units[: r * step % len(units)]
+            # 1 connection: client, upstream and the server under test on the server core ("shared";
+            # "split": the client on the load core). One process runs at a time: no cross-core wake-ups.
+            pl.pin_self(pl.server_cpu if self.args.latency_layout == "shared" else pl.load_cpu)
+            pl.move(self.procs["upstream"], pl.server_cpu)
+            t0 = cpu_times()
+            for row, wl in order:
+                with self.context(row, wl, "1 connection"):
+                    data[(row.name, wl)]["c1"].append(self.c1(row, wl, p.c1_requests, p.c1_warmup))
+            self.steal["c1"].append(share(t0, cpu_times(), 2))
+            # 32 connections: the server under test alone on the server core; the load generator and
+            # (unless it is the one under test) the upstream on the load core.
+            pl.pin_self(pl.load_cpu)
+            t0 = cpu_times()
+            for row, wl in order:
+                if row.load:
+                    pl.move(self.procs["upstream"], pl.server_cpu if row.target == "upstream" else pl.load_cpu)
+                    with self.context(row, wl, f"{CONNECTIONS} connections"):
+                        data[(row.name, wl)]["c32"].append(self.c32(row, wl))
+            self.steal["c32"].append(share(t0, cpu_times(), 2))
+            log(f"round {r + 1}/{p.rounds} done ({time.monotonic() - self.t0:.0f} s)")
+        return data
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Direct vs proxied MCP tools/call benchmark.")
-    parser.add_argument("--quick", action="store_true", help="short run (< 30 s)")
-    parser.add_argument(
-        "--proxy-cmd",
-        default=DEFAULT_PROXY_CMD,
-        help="command template for the proxy; placeholders {python} {port} {upstream} "
-        f"(default: {DEFAULT_PROXY_CMD!r})",
-    )
-    parser.add_argument(
-        "--load-generator",
-        choices=("auto", "wrk", "python"),
-        default="auto",
-        help="for the 32-connection runs: wrk if installed (auto), or the pure-Python client",
-    )
-    parser.add_argument(
-        "--latency-layout",
-        choices=("shared", "split"),
-        default="shared",
-        help="1-connection phase: client on the servers' core (shared, default) or on the other core",
-    )
+    parser = argparse.ArgumentParser(description="The proxy beside nginx on every path (benchmarks/README.md).")
+    parser.add_argument("--quick", action="store_true", help="2 short rounds (< 90 s)")
+    parser.add_argument("--rounds", type=int, help="rounds (default: 5, --quick 2)")
+    parser.add_argument("--paths", help="comma-separated paths to run (and what their figures need); see --list")
+    parser.add_argument("--workloads", default="repeat,vary", help="repeat, vary or both (default)")
+    parser.add_argument("--list", action="store_true", help="print the paths and exit")
+    parser.add_argument("--decision-log", default="off",
+                        help="the proxies' decision log: off (default) or a file, e.g. /dev/null (serialized, written)")
+    parser.add_argument("--proxy-cmd", default=PROXY_CMD,
+                        help=f"how to start a proxy; placeholders {{python}} {{config}} {{port}} {{upstream}} "
+                        f"(default: {PROXY_CMD!r})")
+    parser.add_argument("--load-generator", choices=("auto", "wrk", "python"), default="auto",
+                        help="for the 32-connection runs: wrk if installed (auto), or the asyncio client")
+    parser.add_argument("--latency-layout", choices=("shared", "split"), default="shared",
+                        help="1 connection: client on the servers' core (shared, default) or on the other core")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
-    parser.add_argument("--startup-timeout", type=float, default=20.0)
+    parser.add_argument("--startup-timeout", type=float, default=60.0)
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
+    args.path_names = [p.strip() for p in args.paths.split(",") if p.strip()] if args.paths else None
+    unknown = [p for p in args.path_names or [] if p not in PATHS]
+    if unknown:
+        parser.error(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(PATHS)}")
+    args.workload_names = tuple(w.strip() for w in args.workloads.split(",") if w.strip())
+    if not args.workload_names or any(w not in WORKLOADS for w in args.workload_names):
+        parser.error(f"--workloads: one or both of {', '.join(WORKLOADS)}")
     wrk = shutil.which("wrk")
     if args.load_generator == "wrk" and not wrk:
         parser.error("wrk is not installed (apt-get install -y wrk); use --load-generator python")
@@ -287,271 +317,66 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def measure(args: argparse.Namespace, placement: Placement, profile: str) -> tuple[dict, dict]:
-    """Start the servers, run both phases, stop them: (CPU steal per phase, the four scenarios)."""
-    count, warmup, rounds, load_s, load_warm_s, _ = PROFILES[profile]
-    servers = Servers()
-    up_port, px_port = free_port(), free_port()
-    direct = f"http://127.0.0.1:{up_port}/mcp"
-    proxied = f"http://127.0.0.1:{px_port}/mcp"
-    upstream_argv = [sys.executable, str(HERE / "fast_upstream.py"), "--port", str(up_port)]
-    proxy_argv = shlex.split(args.proxy_cmd.format(python=shlex.quote(sys.executable), port=px_port, upstream=direct))
-    server_cpu, load_cpu = placement.server_cpu, placement.load_cpu
-    try:
-        upstream = servers.start("upstream", placement.wrap(server_cpu, upstream_argv), up_port, 10)
-        proxy = servers.start("proxy", placement.wrap(server_cpu, proxy_argv), px_port, args.startup_timeout)
-        for name, url in (("upstream", direct), ("proxy", proxied)):
-            try:
-                loadgen.sequential(url, 1, 0)
-            except (loadgen.BenchError, OSError) as exc:
-                msg = f"probe via {name} failed: {exc}\n{servers.log_of(name)}"
-                raise RuntimeError(msg) from None
-
-        # Phase 1, 1 connection: upstream and proxy on the server core, the client (this process)
-        # there too ("shared") or on the load core ("split"); direct and proxied alternate in
-        # rounds so that drift hits both alike.
-        placement.pin_self(server_cpu if args.latency_layout == "shared" else load_cpu)
-        log(f"latency: {count} sequential requests per target after {warmup} warm-up, {rounds} interleaved rounds")
-        t_start = cpu_times()
-        samples: dict[str, list[int]] = {"direct": [], "proxied": []}
-        by_round = []
-        for i in range(rounds):
-            p50 = {}
-            for name, url in (("direct", direct), ("proxied", proxied)):
-                got = loadgen.sequential(url, count // rounds, warmup if i == 0 else 20)
-                samples[name] += got
-                p50[name] = pct(sorted(got), 50) / 1e6
-            by_round.append(round(p50["proxied"] - p50["direct"], 4))
-
-        # Phase 2, 32 connections: the server under test alone on the server core. Direct: the
-        # upstream. Proxied: the proxy; the upstream moves next to the load generator.
-        placement.pin_self(load_cpu)
-        t_mid = cpu_times()
-
-        def load(url: str) -> dict:
-            if args.use_wrk:
-                run_wrk(placement, url, load_warm_s)
-                return run_wrk(placement, url, load_s)
-            run_python_load(url, load_warm_s)
-            return run_python_load(url, load_s)
-
-        log(
-            f"throughput: {'wrk' if args.use_wrk else 'python'}, {CONNECTIONS} connections, "
-            f"{load_s} s (+{load_warm_s} s warm-up) per target"
-        )
-        direct_n = load(direct)
-        placement.move(upstream, load_cpu)
-        cpu_before = process_cpu_s(proxy.pid)
-        proxied_n = load(proxied)
-        # CPU the proxy spent per request (warm-up included in both terms): unlike req/s, hardly
-        # moved by hypervisor steal or by what shares the machine.
-        cpu_s = process_cpu_s(proxy.pid) - cpu_before
-        proxied_n["proxy_cpu_us_per_request"] = round(cpu_s / max(proxied_n["requests"], 1) * 1e6 *
-                                                      load_s / (load_s + load_warm_s), 1)
-        log(f"proxy CPU per request at {CONNECTIONS} connections: {proxied_n['proxy_cpu_us_per_request']} µs")
-        t_end = cpu_times()
-    finally:
-        servers.stop()
-    steal = {"phase_1": share(t_start, t_mid, 2), f"phase_{CONNECTIONS}": share(t_mid, t_end, 2)}
-    for phase, value in steal.items():
-        if value > 0.05:
-            log(f"warning: {value:.0%} of CPU time was stolen by the hypervisor during {phase}")
-    return steal, {
-        "direct_1": summarize_sequential(samples["direct"]),
-        "proxied_1": {**summarize_sequential(samples["proxied"]), "added_p50_ms_by_round": by_round},
-        f"direct_{CONNECTIONS}": direct_n,
-        f"proxied_{CONNECTIONS}": proxied_n,
-    }
-
-
-def build_results(
-    args: argparse.Namespace,
-    placement: Placement,
-    profile: str,
-    scenarios: dict,
-    *,
-    busy_before: float,
-    steal: dict,
-    elapsed: float,
-) -> dict:
-    count, warmup, rounds, load_s, load_warm_s, _ = PROFILES[profile]
-    added = {
-        f"c{n}": {q: scenarios[f"proxied_{n}"][q] - scenarios[f"direct_{n}"][q] for q in ("p50_ms", "p99_ms")}
-        for n in (1, CONNECTIONS)
-    }
-    proxied_n = scenarios[f"proxied_{CONNECTIONS}"]
-    checks = {
-        "added_p50": {
-            "target": f"added p50 ≤ {TARGET_ADDED_P50_MS} ms",
-            "value_ms": added["c1"]["p50_ms"],
-            "pass": added["c1"]["p50_ms"] <= TARGET_ADDED_P50_MS,
-        },
-        "throughput": {
-            "target": f"≥ {TARGET_RPS:,} req/s",
-            "value_rps": proxied_n["rps"],
-            "pass": proxied_n["rps"] >= TARGET_RPS and proxied_n["errors"] == 0,
-        },
-    }
-    return {
-        "schema": 1,
-        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "profile": profile,
-        "elapsed_s": round(elapsed, 1),
-        "proxy_cmd": args.proxy_cmd,
-        "proxy_is_default": args.proxy_cmd == DEFAULT_PROXY_CMD,
-        "git": git_state(),
-        "load_generator": {
-            "connections_1": "python sequential client (benchmarks/loadgen.py)",
-            f"connections_{CONNECTIONS}": "wrk" if args.use_wrk else "python",
-            "wrk_version": wrk_version() if args.use_wrk else None,
-        },
-        "settings": {
-            "requests_1": count,
-            "warmup_1": warmup,
-            "rounds_1": rounds,
-            f"seconds_{CONNECTIONS}": load_s,
-            f"warmup_seconds_{CONNECTIONS}": load_warm_s,
-        },
-        "placement": {
-            "pinned": placement.enabled,
-            "why": placement.why,
-            "load_cpu": placement.load_cpu,
-            "server_cpu": placement.server_cpu,
-            "latency_layout": args.latency_layout,
-            "phase_1": (
-                "client, upstream and proxy on server_cpu"
-                if args.latency_layout == "shared"
-                else "client on load_cpu; upstream and proxy on server_cpu"
-            ),
-            f"phase_{CONNECTIONS}_direct": "wrk on load_cpu; upstream on server_cpu",
-            f"phase_{CONNECTIONS}_proxied": "wrk and upstream on load_cpu; proxy on server_cpu",
-        },
-        "host": {**host_info(), "cpu_busy_before": busy_before, "cpu_steal": steal},
-        "scenarios": scenarios,
-        "added": added,
-        "checks": checks,
-    }
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_times() -> tuple[int, int, int]:
-    """(total, idle + iowait, steal) jiffies over all CPUs from /proc/stat; zeros if unavailable."""
-    try:
-        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        return sum(f), f[3] + f[4], f[7]
-    except (OSError, ValueError, IndexError):
-        return 0, 0, 0
-
-
-def share(before: tuple[int, int, int], after: tuple[int, int, int], field: int) -> float:
-    """Fraction of the CPU time between two ``cpu_times()`` samples spent in ``field``."""
-    return (after[field] - before[field]) / max(1, after[0] - before[0])
-
-
-def cpu_busy(interval: float = 0.5) -> float:
-    """Fraction of all CPU time not idle over ``interval`` seconds."""
-    before = cpu_times()
-    time.sleep(interval)
-    return 1 - share(before, cpu_times(), 1) if before[0] else 0.0
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    profile = "quick" if args.quick else "full"
-    budget_s = PROFILES[profile][-1]
+    if args.list:
+        for row in PATHS.values():
+            print(f"{row.name:26} {'/'.join(row.workloads):12} {row.about}")
+        return 0
+    profile_name = "quick" if args.quick else "full"
+    profile = PROFILES[profile_name]
+    if args.rounds:
+        profile = dataclasses.replace(profile, rounds=args.rounds, budget_s=profile.budget_s * args.rounds //
+                                      profile.rounds + 30)
+    rows = scenarios.select(args.path_names, args.workload_names)
 
     def on_alarm(signum: int, frame: object) -> None:
-        raise Budget(f"benchmark exceeded its {budget_s} s budget")
+        BUDGET_SPENT.set()
+        raise Budget(f"benchmark exceeded its {profile.budget_s} s budget")
 
     started = time.monotonic()
     busy_before = cpu_busy()
     if busy_before > 0.1:
-        log(
-            f"warning: the CPUs were {busy_before:.0%} busy before starting; other work on this "
-            "machine will skew the numbers"
-        )
+        log(f"warning: the CPUs were {busy_before:.0%} busy before starting; other work on this machine will "
+            "skew the numbers")
     placement = Placement(not args.no_pin)
     placement.pin_self(placement.load_cpu)
     RESULTS.mkdir(exist_ok=True)
     signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(budget_s)
+    signal.alarm(profile.budget_s)
     try:
-        steal, scenarios = measure(args, placement, profile)
+        with tempfile.TemporaryDirectory(prefix="mcp-bench-") as tmp:
+            bench = Bench(args, placement, profile, rows, Path(tmp))
+            try:
+                bench.start()
+                log(f"started {', '.join(bench.procs)} in {time.monotonic() - started:.1f} s; probing")
+                bench.probe()
+                log(f"{profile.rounds} rounds of {sum(len(r.workloads) for r in rows)} measurements "
+                    f"({profile.c1_requests} requests at 1 connection, {profile.c32_seconds} s at {CONNECTIONS})")
+                data = bench.rounds()
+            finally:
+                bench.servers.stop()
     except (Budget, RuntimeError, OSError, subprocess.SubprocessError, loadgen.BenchError) as exc:
         log(f"error: {exc}")
         return 1
     finally:
         signal.alarm(0)
 
-    results = build_results(
-        args,
-        placement,
-        profile,
-        scenarios,
-        busy_before=busy_before,
-        steal=steal,
-        elapsed=time.monotonic() - started,
-    )
-    tmp = args.output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(args.output)
-
+    results = report.results(args, bench, profile_name, data, busy_before=busy_before,
+                             elapsed=time.monotonic() - started)
+    tmp_out = args.output.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    tmp_out.replace(args.output)
+    for phase, s in results["host"]["cpu_steal"].items():
+        if s and s["max"] > 0.05:
+            log(f"warning: up to {s['max']:.0%} of CPU time was stolen by the hypervisor during {phase}")
     if not results["proxy_is_default"]:
-        print(f"\nNOTE: not the real proxy; proxy command: {args.proxy_cmd}")
+        print(f"\nNOTE: proxy command: {args.proxy_cmd}")
     print()
-    print(table(results))
-    by_round = sorted(results["scenarios"]["proxied_1"]["added_p50_ms_by_round"])
-    print(
-        f"\nadded p50 per round (ms, {len(by_round)} rounds): min {by_round[0]:.3f}, "
-        f"median {pct(by_round, 50):.3f}, max {by_round[-1]:.3f}"
-    )
-    print(f"\n{profile} run, {results['elapsed_s']} s; results in {args.output}")
-    failed = not all(c["pass"] for c in results["checks"].values())
+    print(report.table(results["paths"], results["comparisons"], results["checks"]))
+    print(f"\n{profile_name} run, {profile.rounds} rounds, {results['elapsed_s']} s; results in {args.output}")
+    failed = not all(c["pass"] for c in results["checks"])
     return 1 if args.check and failed else 0
-
-
-def wrk_version() -> str | None:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["wrk", "-v"], check=False, capture_output=True, text=True, timeout=5)
-        return (out.stdout + out.stderr).splitlines()[0].strip()
-    return None
-
-
-def git_state() -> dict:
-    """Commit of the checkout and whether proxy/ differs from it (so results name what they measured)."""
-
-    def git(*cmd: str) -> str:
-        out = subprocess.run(["git", *cmd], cwd=ROOT, check=False, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else ""
-
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        return {
-            "commit": git("rev-parse", "--short", "HEAD"),
-            "proxy_dirty": bool(git("status", "--porcelain", "proxy")),
-        }
-    return {}
-
-
-def host_info() -> dict:
-    model = ""
-    with contextlib.suppress(OSError):
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
-    return {
-        "cpu_model": model,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 if __name__ == "__main__":
