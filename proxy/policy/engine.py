@@ -57,8 +57,16 @@ def to_decision(result: Any) -> Decision:
         raise PolicyError("policy result is not an object with a boolean 'allow'")
     reasons = result.get("reasons", [])
     visible = result.get("visible_tools", [])
-    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+    if not _strings(reasons):
         raise PolicyError("policy result 'reasons' is not a list of strings")
-    if not isinstance(visible, list) or not all(isinstance(t, str) for t in visible):
+    if not _strings(visible):
         raise PolicyError("policy result 'visible_tools' is not a list of strings")
     return Decision(result["allow"], tuple(reasons), frozenset(visible), result)
+
+
+_STR = {str}
+
+
+def _strings(value: Any) -> bool:
+    """A list of strings (results are decoded JSON: exactly `str`, no subclass), checked in C."""
+    return isinstance(value, list) and (not value or set(map(type, value)) == _STR)
