@@ -507,3 +507,20 @@ test_missive_denials_keep_the_tool_visible if {
 	d.allow == false
 	d.visible_tools == ["create_a_missive_draft"]
 }
+
+# The mailbox filters are spelled out three times in missive.rego (ordered lists for messages,
+# literal sets and a literal object for speed): they must name the same filters.
+test_missive_filter_spellings_agree if {
+	{k | some k in authz.missive_mailbox_flags} == authz.missive_mailbox_flag_keys
+	{k | some k in authz.missive_mailbox_ids} == authz.missive_mailbox_id_keys
+	{k | some k in authz.missive_mailbox_filters} == {k | some k, _ in authz.missive_all_unset}
+	count(authz.missive_mailbox_filters) == count(authz.missive_all_unset)
+}
+
+# A call naming several filters is told all of them, in the documented order.
+test_missive_several_filters_are_listed_in_order if {
+	inp := missive_input("list_all_missive_conversations", {"team_all": "t1", "inbox": true, "closed": true},
+		{"missive": true})
+	some msg in authz.deny with input as inp
+	contains(msg, "sets 3 (inbox, closed, team_all)")
+}
