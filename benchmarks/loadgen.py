@@ -106,17 +106,23 @@ def echo_spec(path: str) -> Spec:
 def sse_data(body: bytes) -> bytes:
     """The data of the first ``message`` event of an SSE body (b"" if none)."""
     for block in body.replace(b"\r\n", b"\n").split(b"\n\n"):
-        event, data = b"message", []
-        for line in block.split(b"\n"):
-            name, _, value = line.partition(b":")
-            value = value[1:] if value.startswith(b" ") else value
-            if name == b"event":
-                event = value
-            elif name == b"data":
-                data.append(value)
+        event, data = sse_block(block)
         if data and event == b"message":
             return b"\n".join(data)
     return b""
+
+
+def sse_block(block: bytes) -> tuple[bytes, list[bytes]]:
+    """One SSE event block (LF line ends): its event type and its data lines."""
+    event, data = b"message", []
+    for line in block.split(b"\n"):
+        name, _, value = line.partition(b":")
+        value = value[1:] if value.startswith(b" ") else value
+        if name == b"event":
+            event = value
+        elif name == b"data":
+            data.append(value)
+    return event, data
 
 
 # --- the classic API (soak.py, instructions.py) ---------------------------------------------------
@@ -313,14 +319,7 @@ class _EventReader:
             i = self.buf.find(b"\n\n")
             if i >= 0:
                 block, self.buf = self.buf[:i], self.buf[i + 2 :]
-                event, data = b"message", []
-                for line in block.split(b"\n"):
-                    name, _, value = line.partition(b":")
-                    value = value[1:] if value.startswith(b" ") else value
-                    if name == b"event":
-                        event = value
-                    elif name == b"data":
-                        data.append(value)
+                event, data = sse_block(block)
                 if data:
                     return event, b"\n".join(data)
                 continue
