@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 WATCHED = "mcp.client_watched"
@@ -20,11 +19,11 @@ CLIENT_GONE = "mcp.client_gone"
 class Ending(asyncio.Event):
     def __init__(self) -> None:
         super().__init__()
-        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks: dict[Callable[[], None], None] = {}  # in order; forgotten in O(1) (many streams)
 
     def set(self) -> None:
         super().set()
-        callbacks, self._callbacks = self._callbacks, []
+        callbacks, self._callbacks = self._callbacks, {}
         for callback in callbacks:
             callback()
 
@@ -33,8 +32,7 @@ class Ending(asyncio.Event):
         if self.is_set():
             asyncio.get_running_loop().call_soon(callback)
         else:
-            self._callbacks.append(callback)
+            self._callbacks[callback] = None
 
     def forget(self, callback: Callable[[], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._callbacks.remove(callback)
+        self._callbacks.pop(callback, None)
