@@ -174,9 +174,14 @@ def policy() -> list[timeseries.Panel | bargauge.Panel | table.Panel]:
                q(f"sum by (result) (increase(mcp_proxy_config_reloads_total{{{TARGET}}}{RATE}))", "config {{result}}",
                  ref="B"), width=8, no_value="0", bars=True),
         listing("Policy revision in force", "Replicas per policy revision (content hash)",
-                f"sum by (revision) (mcp_proxy_policy_bundle_info{{{TARGET}}})", width=12),
+                f"sum by (revision) (mcp_proxy_policy_bundle_info{{{TARGET}}})", width=8),
         listing("Proxy versions", "Replicas per proxy version",
-                f"count by (version) (mcp_proxy_build_info{{{TARGET}}})", width=12),
+                f"count by (version) (mcp_proxy_build_info{{{TARGET}}})", width=8),
+        series("Decision memo hit ratio", "Share of embedded-engine decisions answered from the exact memo "
+               "(policy.decision_cache_size; docs/policies.md)", "percentunit",
+               q(f'sum(rate(mcp_proxy_policy_decision_cache_lookups_total{{{TARGET}, result="hit"}}{RATE})) '
+                 f"/ sum(rate(mcp_proxy_policy_decision_cache_lookups_total{{{TARGET}}}{RATE}))", "hits"),
+               width=8).height(6).max(1),
     ]
 
 
