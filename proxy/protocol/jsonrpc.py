@@ -128,8 +128,10 @@ _INFINITIES = (float("inf"), float("-inf"))
 # duplicate key (which orjson drops) shows as more key ends than keys parsed; an integer beyond
 # 64 bits (which orjson reads as a float) shows as a float of 2**63 or more. Every other body, and
 # every error (for its message), goes to the strict decoder: both give the same value or refusal.
+# Only small bodies take it: a large hostile one (case twins) would be parsed twice.
 _KEY_END = re.compile(rb'"[ \t\n\r]*:')
 _BIG = float(2**63)
+FAST_PARSE_BYTES = 64 * 1024
 
 
 def loads_strict(body: bytes) -> Any:
@@ -142,7 +144,7 @@ def loads_strict(body: bytes) -> Any:
 def _decode(body: bytes) -> tuple[Any, int | None]:
     """loads_strict's value and, from the fast path, how many values it holds (within MAX_DEPTH,
     no infinities); None from the strict decoder, whose value is yet to be walked (_values)."""
-    if b'\\"' not in body:
+    if len(body) <= FAST_PARSE_BYTES and b'\\"' not in body:
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError:
