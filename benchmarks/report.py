@@ -22,6 +22,7 @@ CPU_RATIO_TARGETS = {("default_policy", "repeat"): 3.5, ("default_policy", "vary
 ADDED_P50_TARGET_MS = {"default_policy": 0.15, "missive": 0.15}
 TOOLS_LIST_60_ADDED_MS = 0.2
 WITHIN = 0.15  # sse vs JSON, legacy_sse vs streamable_py: CPU µs/req within 15%
+OVER_FLOOR = ("no_policy", "default_policy", "missive", "jwt")  # their CPU minus the floor path's
 
 Rounds = dict[tuple[str, str], dict[str, list[dict[str, Any]]]]  # (path, workload) → c1/c32 → per round
 
@@ -98,6 +99,13 @@ def comparisons(data: Rounds) -> dict[str, Any]:
                 "added_cpu_us_per_request": stat(_per_round(got[0].get("c32", []), got[1].get("c32", []),
                                                             "cpu_us_per_request", "-")),
             }
+    # The proxy's own work: its CPU over floor_proxy.py's (the same HTTP server and upstream client).
+    for path in OVER_FLOOR:
+        for wl in ("repeat", "vary"):
+            got = pair(path, "floor", wl)
+            if got and got[0].get("c32") and got[1].get("c32"):
+                out.setdefault("over_floor", {}).setdefault(path, {})[wl] = stat(
+                    _per_round(got[0]["c32"], got[1]["c32"], "cpu_us_per_request", "-"))
     pairs = (("sse_vs_json", "sse", "default_policy"), ("legacy_vs_streamable", "legacy_sse", "streamable_py"))
     for name, a, b in pairs:
         for wl in ("repeat", "vary"):
@@ -186,6 +194,12 @@ def table(paths: dict[str, Any], comp: dict[str, Any], check_list: list[dict[str
                 c = comp[key]
                 lines.append(f"| {key} | {cell(c['added_p50_ms'])} | {cell(c['added_p99_ms'], spread=False)} "
                              f"| {cell(c['added_cpu_us_per_request'], '.1f')} |")
+    if "over_floor" in comp:
+        lines += ["", "The proxy's own work: CPU µs/req over the floor path (floor_proxy.py: the same HTTP server "
+                  "and upstream client, no logic), same round.", "",
+                  "| path | repeat | vary |", "|---|---:|---:|"]
+        for key, by_wl in comp["over_floor"].items():
+            lines.append(f"| {key} | {cell(by_wl.get('repeat'), '.1f')} | {cell(by_wl.get('vary'), '.1f')} |")
     lines += ["", "| check | target | value | result |", "|---|---|---:|---|"]
     for c in check_list:
         value = c["value"]

@@ -82,9 +82,9 @@ class Profile:
 
 PROFILES = {
     "full": Profile(rounds=5, c1_requests=300, c1_warmup=30, c32_seconds=2, jwt_pool=512,
-                    budget_s=360),
+                    budget_s=450),
     "quick": Profile(rounds=2, c1_requests=150, c1_warmup=20, c32_seconds=1, jwt_pool=64,
-                     budget_s=90),
+                     budget_s=110),
 }
 
 
@@ -150,8 +150,9 @@ class Bench:
                                             jwt=settings)
             path = self.tmp / f"proxy-{name}.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
-            argv = shlex.split(self.args.proxy_cmd.format(python=shlex.quote(sys.executable), config=path,
-                                                          port=port, upstream=config["upstream"]["url"]))
+            command = scenarios.FLOOR_CMD if PROXIES[name].floor else self.args.proxy_cmd
+            argv = shlex.split(command.format(python=shlex.quote(sys.executable), config=path,
+                                              port=port, upstream=config["upstream"]["url"]))
             self.procs[name] = self.servers.spawn(f"proxy-{name}", argv)
         for name, port in self.ports.items():
             self.servers.wait(self.log_name(name), port, wait)
@@ -284,7 +285,7 @@ class Bench:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="The proxy beside nginx on every path (benchmarks/README.md).")
-    parser.add_argument("--quick", action="store_true", help="2 short rounds (< 90 s)")
+    parser.add_argument("--quick", action="store_true", help="2 short rounds (< 110 s)")
     parser.add_argument("--rounds", type=int, help="rounds (default: 5, --quick 2)")
     parser.add_argument("--paths", help="comma-separated paths to run (and what their figures need); see --list")
     parser.add_argument("--workloads", default="repeat,vary", help="repeat, vary or both (default)")

@@ -22,6 +22,7 @@ ALLOW_ALL = HERE / "policies" / "allow_all"
 WORKLOADS = ("repeat", "vary")
 CONNECTIONS = 32  # the load phase: wrk's connections, the asyncio client's connections or sessions
 PROXY_CMD = "{python} -m proxy serve --config {config}"
+FLOOR_CMD = "{python} " + str(HERE / "floor_proxy.py") + " --port {port} --upstream {upstream}"
 VARY_START = 1_700_000_000  # the vary counter's first value (plausible as the Missive call's `until`)
 
 
@@ -35,6 +36,7 @@ class Proxy:
     server: dict[str, Any]
     allow_all: bool = False  # benchmarks/policies/allow_all instead of the bundled policy
     jwt: bool = False  # the server has a URL token and requires a JWT (auth.jwt against the upstream's JWKS)
+    floor: bool = False  # not the proxy: floor_proxy.py, the HTTP stack alone (FLOOR_CMD, never --proxy-cmd)
 
 
 READ_ONLY = {"name": "readonly", "methods": ["read"]}
@@ -43,6 +45,8 @@ SUPPORT = {"name": "support", "methods": ["read", "create", "update"], "tags": [
 PROXIES = {
     p.name: p
     for p in (
+        Proxy("floor", "floor_proxy.py: the proxy's HTTP server and upstream client, no logic", "/mcp",
+              {"name": "default"}, floor=True),
         Proxy("no_policy", "allow-all policy, one server, echo tools", "/mcp", {"name": "default"}, allow_all=True),
         Proxy("no_policy_37", "allow-all policy, 37 Missive tools", "/missive/mcp", {"name": "default"},
               allow_all=True),
@@ -137,11 +141,13 @@ PATHS: dict[str, Row] = {
         Row("nginx", "nginx", "echo", "nginx in front of the upstream: the floor"),
         Row("nginx_sse", "nginx", "echo_sse", "nginx relaying the SSE answer, proxy_buffering off",
             prefix="/unbuffered"),
-        Row("no_policy", "no_policy", "echo", "the proxy, allow-all policy", needs=("nginx",)),
-        Row("default_policy", "default_policy", "echo", "bundled policy, read-only server", needs=("nginx",)),
-        Row("missive", "missive", "missive", "Missive pack: list_all_missive_conversations {inbox, limit, until}",
+        Row("floor", "floor", "echo", "floor_proxy.py: uvicorn + the proxy's upstream client relaying bytes",
             needs=("nginx",)),
-        Row("jwt", "jwt", "echo", "URL token + RS256 JWT, bundled policy", needs=("nginx",)),
+        Row("no_policy", "no_policy", "echo", "the proxy, allow-all policy", needs=("nginx", "floor")),
+        Row("default_policy", "default_policy", "echo", "bundled policy, read-only server", needs=("nginx", "floor")),
+        Row("missive", "missive", "missive", "Missive pack: list_all_missive_conversations {inbox, limit, until}",
+            needs=("nginx", "floor")),
+        Row("jwt", "jwt", "echo", "URL token + RS256 JWT, bundled policy", needs=("nginx", "floor")),
         Row("sse", "default_policy", "echo_sse", "the default_policy proxy, the upstream answering text/event-stream",
             needs=("nginx_sse", "default_policy"), floor="nginx_sse"),
         Row("streamable_py", "default_policy", "echo", "the default_policy proxy, Streamable HTTP, asyncio client",
