@@ -14,6 +14,7 @@ Prints one JSON line: {"requests": N, "instructions_per_request": ...}. Needs va
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shlex
@@ -38,7 +39,8 @@ def _total(dump: Path) -> int:
     raise RuntimeError(f"no totals in {dump}")
 
 
-def measure(requests: int, warmup: int, proxy_cmd: str, keep: Path | None = None) -> dict:
+def measure(requests: int, warmup: int, proxy_cmd: str, keep: Path | None = None, sse: bool = False) -> dict:
+    """`sse`: the upstream answers with an SSE stream (tool echo_sse) instead of a JSON body."""
     servers = Servers()
     out_dir = Path(tempfile.mkdtemp(prefix="callgrind-"))
     try:
@@ -49,9 +51,12 @@ def measure(requests: int, warmup: int, proxy_cmd: str, keep: Path | None = None
         proxy = servers.start("proxy", ["valgrind", "--tool=callgrind", "--collect-atstart=yes",
                                         f"--callgrind-out-file={out_dir}/cg.%p", *argv], proxy_port, 300)
         url = f"http://127.0.0.1:{proxy_port}/mcp"
-        loadgen.sequential(url, count=warmup, warmup=0, timeout=30)
+        spec = loadgen.echo_spec("/mcp")
+        if sse:
+            spec = dataclasses.replace(spec, body=spec.body.replace('"echo"', '"echo_sse"'), answer="sse")
+        loadgen.sequential_spec(url, spec, count=warmup, warmup=0, timeout=30)
         subprocess.run(["callgrind_control", "--zero", str(proxy.pid)], check=True, capture_output=True)
-        loadgen.sequential(url, count=requests, warmup=0, timeout=30)
+        loadgen.sequential_spec(url, spec, count=requests, warmup=0, timeout=30)
         subprocess.run(["callgrind_control", "--dump=measured", str(proxy.pid)], check=True, capture_output=True)
         dumps = sorted(out_dir.glob("cg.*.*"))  # cg.PID.N: the explicit dump (cg.PID is written at exit)
         if not dumps:
@@ -70,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--proxy-cmd", default=DEFAULT_PROXY_CMD)
     parser.add_argument("--keep", type=Path, help="copy the callgrind dump here (for callgrind_annotate)")
+    parser.add_argument("--sse", action="store_true", help="the upstream answers with SSE (tool echo_sse)")
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.requests, args.warmup, args.proxy_cmd, args.keep)))
+    print(json.dumps(measure(args.requests, args.warmup, args.proxy_cmd, args.keep, args.sse)))
     return 0
 
 

@@ -69,6 +69,22 @@ def encode_event(data: str, *, event: str | None = None, id: str | None = None, 
     return Event(raw, event, data_lines, id, retry, newline)
 
 
+def message_event(data: bytes, *, event: str | None = None, id: str | None = None, retry: str | None = None,
+                  newline: bytes = b"\n") -> bytes:
+    """`encode_event(data.decode(), …).raw` for data of one line (a JSON text as orjson writes it:
+    no line break outside an escape), built as bytes; data with a line break goes the long way."""
+    if b"\n" in data or b"\r" in data:
+        return encode_event(data.decode(), event=event, id=id, retry=retry, newline=newline).raw
+    head = b""
+    if event is not None:
+        head += b"event: " + event.encode() + newline
+    if id is not None:
+        head += b"id: " + id.encode() + newline
+    if retry is not None:
+        head += b"retry: " + retry.encode() + newline
+    return head + b"data: " + data + newline + newline
+
+
 class SSEDecoder:
     """Feed bytes as they arrive; get back every event completed so far."""
 

@@ -20,7 +20,7 @@ from ..observe.metrics import current
 from ..protocol import jsonrpc
 from ..protocol.headers import client_response_headers
 from ..protocol.jsonrpc import Kind
-from ..protocol.sse import BOM, Event, SSEDecoder, SSEError, encode_event
+from ..protocol.sse import BOM, Event, SSEDecoder, SSEError, message_event
 from .endings import CLIENT_GONE, EXCHANGE_TASK, WATCHED, Ending
 from .upstream import UpstreamError, UpstreamResponse
 
@@ -45,6 +45,12 @@ class BodyResponse:
         headers = [*self.headers, (b"content-length", str(len(self.body)).encode())]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
+
+
+class LastChunk(bytes):
+    """A stream's last bytes: written together with the end of the chunked body (one write, not two)."""
+
+    __slots__ = ()
 
 
 class StreamResponse:
@@ -72,9 +78,12 @@ class StreamResponse:
             nonlocal started
             await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
             started = True
+            last = False
             async for chunk in self.chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+                last = type(chunk) is LastChunk
+                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+            if not last:
+                await send({"type": "http.response.body", "body": b""})
 
         pumping = loop.create_task(pump())
         stop: asyncio.Future[str] = loop.create_future()  # why the stream stops: "done", "ended", "gone"
@@ -107,10 +116,11 @@ class StreamResponse:
             if self.ended is not None:
                 self.ended.forget(ended)
             try:
-                for task in (pumping, watcher):
-                    if task is not None:
-                        task.cancel()
-                await asyncio.gather(pumping, *(() if watcher is None else (watcher,)), return_exceptions=True)
+                waiting = [task for task in (pumping, watcher) if task is not None and not task.done()]
+                for task in waiting:
+                    task.cancel()
+                if waiting:
+                    await asyncio.gather(*waiting, return_exceptions=True)
                 aclose = getattr(self.chunks, "aclose", None)
                 if aclose is not None:
                     await aclose()
@@ -154,7 +164,7 @@ async def relay(channel: Channel, pipeline: Pipeline, resp: UpstreamResponse, *,
     headers = relayed_headers(resp, limits)
     media = resp.content_type.partition(";")[0].strip()
     if media.startswith("text/event-stream"):
-        events = relay_sse(channel, pipeline, resp.chunks(), max_event_bytes, on_event)
+        events = relay_sse(channel, pipeline, resp.chunks(), max_event_bytes, on_event, finished=resp.finished)
         return StreamResponse(resp.status, typed(headers, SSE_TYPE), events)
     # Any other answer is one body, read whole (bounded): whatever a client might read as a message
     # passes the gate first.
@@ -258,16 +268,28 @@ def _refused(channel: Channel, exc: jsonrpc.UndecidableAnswer, answers_request: 
 
 
 async def relay_sse(channel: Channel, pipeline: Pipeline, chunks: AsyncIterator[bytes], max_event_bytes: int,
-                    on_event: EventHook | None = None) -> AsyncIterator[bytes]:
-    """Upstream SSE bytes → client SSE bytes, one pipeline call per message event."""
+                    on_event: EventHook | None = None, finished: Callable[[], bool] | None = None
+                    ) -> AsyncIterator[bytes]:
+    """Upstream SSE bytes → client SSE bytes, one pipeline call per message event.
+
+    `finished()`: the upstream's body has arrived whole (UpstreamResponse.finished). Once it has,
+    the rest is relayed as one LastChunk, so a POST's answer and the stream's end go out together."""
     decoder = SSEDecoder(max_event_bytes)
+
+    async def relayed(events: list[Event]) -> bytes:
+        return b"".join([await relay_event(channel, pipeline, ev, on_event) for ev in events])
+
     try:
         async for chunk in chunks:
-            events = decoder.feed(chunk)
-            if not events:
-                continue
-            yield b"".join([await relay_event(channel, pipeline, ev, on_event) for ev in events])
-        if tail := b"".join([await relay_event(channel, pipeline, ev, on_event) for ev in decoder.close()]):
+            out = await relayed(decoder.feed(chunk))
+            if finished is not None and finished():
+                async for rest in chunks:  # a decoder's last slices, given without waiting
+                    out += await relayed(decoder.feed(rest))
+                yield LastChunk(out + await relayed(decoder.close()))
+                return
+            if out:
+                yield out
+        if tail := await relayed(decoder.close()):
             yield tail
     except SSEError as exc:
         log.warning("closing upstream SSE stream: %s", exc)
@@ -296,4 +318,4 @@ async def relay_event(channel: Channel, pipeline: Pipeline, ev: Event, on_event:
     if not payload:
         return b""
     event = None if ev.event is None else "message"  # a message event, whatever type carried it
-    return encode_event(payload.decode(), event=event, id=ev.id, retry=ev.retry, newline=ev.newline).raw
+    return message_event(payload, event=event, id=ev.id, retry=ev.retry, newline=ev.newline)

@@ -390,6 +390,12 @@ class UpstreamResponse:
         self._client.release(conn)
         return b"".join(parts)
 
+    def finished(self) -> bool:
+        """The whole body has arrived and been taken from the connection: what `chunks()` has left
+        to give, it gives without waiting (a decoder's last slices), then ends."""
+        conn = self._conn
+        return conn is None or (conn.complete and not conn.chunks and conn.error is None)
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """Body bytes (decoded) as they arrive; the connection is closed if the consumer stops early."""
         conn, decoder = self._taken(), self._decoder
