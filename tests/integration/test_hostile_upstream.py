@@ -61,6 +61,13 @@ def chunked(rid: Any, result: dict[str, Any], size_line: bytes = b"%x", trailer:
             + parts + b"0\r\n" + trailer + b"\r\n")
 
 
+def sse_whole(rid: Any, result: dict[str, Any], extra: bytes = b"") -> bytes:
+    """An SSE answer arriving whole in one write: head, one message event, the chunked body's end."""
+    event = b"event: message\ndata: " + json.dumps({"jsonrpc": "2.0", "id": rid, "result": result}).encode() + b"\n\n"
+    return (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            + b"%x\r\n" % len(event) + event + b"\r\n0\r\n\r\n" + extra)
+
+
 def reset(writer: Writer) -> None:
     """Close with a TCP RST (SO_LINGER 0)."""
     writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -78,6 +85,14 @@ async def idle_408(rid: Any, w: Writer) -> None:
 
 async def extra_same_read(rid: Any, w: Writer) -> None:
     w.write(answer(rid, {"own": True}) + b'{"smuggled":true}')
+
+
+async def sse_in_one_write(rid: Any, w: Writer) -> None:
+    w.write(sse_whole(rid, {"own": True}))
+
+
+async def sse_then_extra(rid: Any, w: Writer) -> None:
+    w.write(sse_whole(rid, {"own": True}, extra=answer(rid, {"smuggled": True})))
 
 
 async def pipelined(rid: Any, w: Writer) -> None:
@@ -184,11 +199,12 @@ async def abort_close_delimited(rid: Any, w: Writer) -> None:
 
 
 # Scenarios after which the connection may be reused: their framing is legitimate.
-REUSABLE = frozenset({"trailers", "chunk_extensions", "interim"})
+REUSABLE = frozenset({"trailers", "chunk_extensions", "interim", "sse_in_one_write"})
 SCRIPTS: dict[str, Script] = {s.__name__: s for s in (
-    idle_408, extra_same_read, pipelined, extra_later_read, huge_header, trailers, chunk_extensions,
-    close_delimited, rst_mid_body, interim, processing_102, upgrade_101, redirect_self, redirect_elsewhere,
-    no_content_with_body, not_modified_with_body, stalled, abort_after_answer, abort_close_delimited)}
+    idle_408, extra_same_read, sse_in_one_write, sse_then_extra, pipelined, extra_later_read, huge_header,
+    trailers, chunk_extensions, close_delimited, rst_mid_body, interim, processing_102, upgrade_101,
+    redirect_self, redirect_elsewhere, no_content_with_body, not_modified_with_body, stalled, abort_after_answer,
+    abort_close_delimited)}
 
 
 # --- the upstream -----------------------------------------------------------------------------
@@ -476,3 +492,37 @@ async def test_tls_without_close_notify(tmp_path, proxy_for):
                 await next_request_works(http, proxy, upstream)
     finally:
         upstream.stop()
+
+
+# --- an SSE answer that arrives whole (its last event goes out with the end of the body) ------
+
+def _sse_message(r: httpx.Response) -> dict[str, Any]:
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+    events = [block for block in r.text.split("\n\n") if block]
+    assert len(events) == 1 and events[0].startswith("event: message\ndata: "), r.text
+    return json.loads(events[0].split("data: ", 1)[1])
+
+
+async def test_an_sse_answer_in_one_write_reaches_the_client_and_its_connection_is_reused(upstream, proxy_for):
+    # One upstream connection at most: a connection given up after the SSE answer would show as a new one.
+    proxy = proxy_for(upstream.base, {"upstream": {**_config()["upstream"], "max_connections": 1}})
+    async with httpx.AsyncClient(timeout=10) as http:
+        first = await call(http, proxy, 1)
+        conn = first.json()["result"]["conn"]
+        for rid in (2, 3):
+            assert _sse_message(await call(http, proxy, rid, "sse_in_one_write")) == \
+                {"jsonrpc": "2.0", "id": rid, "result": {"own": True}}
+        last = await call(http, proxy, 4)
+        assert last.json() == {"jsonrpc": "2.0", "id": 4, "result": {"conn": conn}}, last.text
+        assert conn not in upstream.hung_up
+
+
+async def test_bytes_after_an_sse_answer_in_one_write_reach_no_client_and_close_the_connection(upstream, proxy):
+    async with httpx.AsyncClient(timeout=10) as http:
+        await next_request_works(http, proxy, upstream, rid=0)
+        assert _sse_message(await call(http, proxy, 1, "sse_then_extra")) == \
+            {"jsonrpc": "2.0", "id": 1, "result": {"own": True}}
+        tainted = upstream.tainted[-1]
+        for rid in (2, 3):
+            await next_request_works(http, proxy, upstream, rid)
+        assert await eventually(lambda: tainted in upstream.hung_up)
