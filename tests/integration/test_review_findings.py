@@ -66,11 +66,15 @@ def _call(name: str, arguments: dict[str, Any], id: int = 1, meta: dict[str, Any
 
 
 class FakeUpstreamResponse:
-    """What relay() reads of an UpstreamResponse: status, headers, content type, body chunks."""
+    """What relay() reads of an UpstreamResponse: status, headers, content type, body chunks, whether
+    the body has arrived whole."""
 
     def __init__(self, status: int, headers: list[tuple[str, str]], chunks: list[bytes]) -> None:
         self.status, self.headers, self._chunks = status, headers, chunks
         self.content_type = next((v for n, v in headers if n == "content-type"), "").lower()
+
+    def finished(self) -> bool:
+        return True  # every chunk is here already, as when an answer arrives whole
 
     async def chunks(self) -> AsyncIterator[bytes]:
         for chunk in self._chunks:
